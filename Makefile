@@ -1,0 +1,34 @@
+# banyan: `make demo` and `make test` work on a fresh clone (they build .venv first).
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+EXTRAS ?= hf,rl,optim8bit,dev
+QUICK ?=
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test test-all clean
+
+install: $(STAMP)
+
+# torch first and pinned (an unpinned torch resolves to a multi-GB CUDA build), then the package
+# with the constraints file; finally check that torch stayed what we asked for.
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
+	$(PY) -c "import torch, sys; print('torch', torch.__version__); sys.exit(0)"
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(PY) -m banyan.demo $(if $(QUICK),--quick,)
+
+test: $(STAMP)
+	$(PY) -m pytest -q -x --durations=15
+
+test-all: $(STAMP)
+	$(PY) -m pytest -q -m "" 
+
+clean:
+	rm -rf $(VENV) runs data build *.egg-info

@@ -1,0 +1,94 @@
+"""The `banyan` command: a thin table from verb to function.
+
+Each entry point is `module:function` taking the remaining argv; modules are imported only when
+their verb runs, so `banyan --help` is fast and a missing extra (e.g. `rl`) only affects its verbs.
+Any `BanyanError` / `ConfigError` becomes one clear line on stderr and exit code 2.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# verb (possibly two words) -> (entry point, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data prepare": ("banyan.data.prepare:main", "Tokenize a corpus (default: embedded Shakespeare) into token shards."),
+    "pretrain": ("banyan.train.pretrain:main", "Train a Llama or GPT-2 model from scratch on prepared shards."),
+    "sample": ("banyan.train.sample:main", "Generate text from a checkpoint (KV cache, temperature/top-k/top-p)."),
+    "bench train": ("banyan.train.bench:main", "Benchmark training throughput (tokens/s, MFU, memory) as JSON."),
+    "bench comm": ("banyan.dist.bench_comm:main", "Benchmark collectives' bus bandwidth and check their results."),
+    "bench rl": ("banyan.rl.bench:main", "Benchmark PPO on CartPole over seeds (steps to solve, samples/s)."),
+    "plan": ("banyan.plan:main", "Predict memory and speed of each strategy on given GPUs before training."),
+    "checkpoint consolidate": ("banyan.train.consolidate:main", "Merge a sharded checkpoint into one safetensors file."),
+    "rl train": ("banyan.rl.train:main", "Train PPO or DQN on a Gymnasium environment through TorchRL."),
+    "rl compare": ("banyan.rl.compare:main", "Run an env x policy x seed grid and tabulate the results."),
+    "rl check-env": ("banyan.rl.check_env:main", "Probe an environment for design mistakes and loopholes."),
+}
+
+
+class BanyanError(Exception):
+    """A user-facing error: printed as one line, exit code 2."""
+
+
+def _usage() -> str:
+    lines = ["usage: banyan <command> [options]   (each command has --help)", "", "commands:"]
+    width = max(len(k) for k in COMMANDS)
+    lines += [f"  {k.ljust(width)}  {h}" for k, (_, h) in COMMANDS.items()]
+    lines += ["", "Quick start: banyan data prepare --out data/shakespeare && banyan pretrain --out runs/demo"]
+    return "\n".join(lines)
+
+
+def _resolve(argv: list[str]) -> tuple[str | None, list[str]]:
+    for n in (2, 1):
+        key = " ".join(argv[:n])
+        if len(argv) >= n and key in COMMANDS:
+            return key, argv[n:]
+    return None, argv
+
+
+def main(argv: list[str] | None = None) -> int:
+    from banyan.config import ConfigError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help", "help"):
+        print(_usage())
+        return 0
+    verb, rest = _resolve(argv)
+    if verb is None:
+        groups = sorted({k.split()[0] for k in COMMANDS if " " in k})
+        if argv[0] in groups:
+            subs = [k for k in COMMANDS if k.startswith(argv[0] + " ")]
+            print(f"banyan {argv[0]}: choose one of: " + ", ".join(s.split()[1] for s in subs), file=sys.stderr)
+            for s in subs:
+                print(f"  banyan {s:<24} {COMMANDS[s][1]}", file=sys.stderr)
+            return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
+        import difflib
+
+        close = difflib.get_close_matches(" ".join(argv[:2]), list(COMMANDS), n=1) or \
+            difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+        hint = f" Did you mean 'banyan {close[0]}'?" if close else ""
+        print(f"banyan: unknown command '{argv[0]}'.{hint}\n\n{_usage()}", file=sys.stderr)
+        return 2
+    module, func = COMMANDS[verb][0].split(":")
+    try:
+        fn = getattr(importlib.import_module(module), func)
+    except ModuleNotFoundError as e:
+        if (e.name or "").startswith("banyan"):
+            raise
+        extra = "rl" if verb.startswith("rl") or verb == "bench rl" else "hf"
+        print(f"banyan {verb}: missing dependency '{e.name}'; install with: pip install 'banyan-lm[{extra}]'",
+              file=sys.stderr)
+        return 2
+    try:
+        rc = fn(rest)
+    except (BanyanError, ConfigError, FileNotFoundError) as e:
+        print(f"banyan {verb}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"banyan {verb}: interrupted", file=sys.stderr)
+        return 130
+    return int(rc or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
