@@ -1,0 +1,96 @@
+"""`banyan bench train`: steady-state training throughput as JSON (tokens/s, ms/step, MFU, memory).
+
+Runs `warmup` steps (compile, allocator warm-up), then times `steps` steps of the same shared
+train step the trainer uses, on random tokens (no data folder needed).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from banyan.config import RunConfig, parse_cli, to_dict
+from banyan.dist.env import DistEnv
+from banyan.dist.parallel import parallelize
+from banyan.train.metrics import peak_flops_for, peak_memory_mb
+from banyan.train.step import autocast_for, causal_lm_loss, train_step
+
+
+@dataclass
+class BenchTrainConfig(RunConfig):
+    """Benchmark the training step of a config (defaults: the shakespeare preset)."""
+
+    warmup: int = 3
+    """Untimed steps first (compilation, allocator)."""
+    steps: int = 10
+    """Timed steps."""
+    json_out: str = ""
+    """Also write the JSON result to this file."""
+
+
+def bench(cfg: BenchTrainConfig) -> dict:
+    from banyan.model import build_model
+    from banyan.train.optim import build_optimizer
+
+    env = DistEnv.from_env(cfg.train.device)
+    if cfg.model.vocab_size == 0:
+        cfg.model.vocab_size = 2048
+    cfg.finalize()
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(cfg.model).to(env.device)
+    par = parallelize(model, cfg, env)
+    opt = build_optimizer(par.raw, cfg.optim, env.device.type)
+    n_micro = cfg.grad_accum(env.world_size)
+    loss_fn = causal_lm_loss(cfg.train.chunked_loss)
+    autocast = autocast_for(env.device, cfg.train.dtype)
+    B, T, V = cfg.train.micro_batch, cfg.train.seq_len, cfg.model.vocab_size
+    g = torch.Generator().manual_seed(0)
+    data = torch.randint(0, V, (n_micro, B, T + 1), generator=g).to(env.device)
+
+    def one_step():
+        batches = ((data[m, :, :-1], data[m, :, 1:]) for m in range(n_micro))
+        r = train_step(par.model, opt, batches, n_micro, loss_fn, cfg.train.grad_clip, autocast, par.no_sync,
+                       par.all_reduce_mean)
+        if env.device.type == "cuda":
+            torch.cuda.synchronize()
+        return r
+
+    for _ in range(cfg.warmup):
+        one_step()
+    if env.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = []
+    for _ in range(cfg.steps):
+        t0 = time.perf_counter()
+        one_step()
+        times.append(time.perf_counter() - t0)
+    tokens = n_micro * B * T * env.world_size
+    ms = statistics.median(times) * 1000
+    tps = tokens / (ms / 1000)
+    peak = peak_flops_for(env.device, cfg.train.dtype) * env.world_size
+    result = {
+        "device": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu",
+        "world_size": env.world_size, "params": par.raw.num_params(), "tokens_per_step": tokens,
+        "ms_per_step": round(ms, 2), "ms_per_step_min": round(min(times) * 1000, 2),
+        "tokens_per_s": round(tps, 1), "mfu": round(par.raw.flops_per_token(T) * tps / peak, 4),
+        "peak_flops": peak, "peak_mem_mb": round(peak_memory_mb(env.device), 1),
+        "torch": torch.__version__, "threads": torch.get_num_threads(), "config": to_dict(cfg),
+    }
+    env.close()
+    return result
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_cli(BenchTrainConfig, argv, prog="banyan bench train", default_preset="shakespeare")
+    result = bench(cfg)
+    text = json.dumps(result, indent=1)
+    print(text)
+    if cfg.json_out:
+        Path(cfg.json_out).parent.mkdir(parents=True, exist_ok=True)
+        Path(cfg.json_out).write_text(text)
+    return 0

@@ -1,0 +1,176 @@
+"""Checkpoints: safetensors weights + optimizer, RNG and trainer state, written atomically.
+
+Layout of one checkpoint (everything a resume or an export needs, nothing pickled):
+
+    OUT/checkpoints/step_000100/
+        model.safetensors   weights (tied tensors stored once)
+        optimizer.pt        optimizer.state_dict(), tensors only -> torch.load(weights_only=True)
+        rng.pt              torch / cuda / numpy / python RNG states as tensors and lists
+        trainer.json        step, tokens seen, data position, bad-step counter, ...
+        config.toml         the resolved run config (+ git commit)
+        tokenizer.json      copied from the data folder, so `banyan sample` needs only this folder
+    OUT/checkpoints/latest  name of the newest complete checkpoint, updated last
+
+A checkpoint is first written to `step_000100.tmp-PID` and renamed into place, so a crash
+mid-write leaves the previous checkpoint (and `latest`) untouched. Older ones beyond
+`keep_last` are deleted only after the new one is complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import shutil
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+from safetensors.torch import load_model, save_model
+
+from banyan.config import ConfigError, ModelConfig, RunConfig, read_saved_config, to_dict, write_config
+
+CKPT_DIR = "checkpoints"
+
+
+class CheckpointError(ConfigError):
+    """A missing, incomplete or incompatible checkpoint."""
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------- RNG
+def rng_state() -> dict[str, Any]:
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": _to_lists(random.getstate()),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state(("MT19937", n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["gauss"]))
+    random.setstate(_to_tuples(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _to_lists(x):
+    return [_to_lists(v) for v in x] if isinstance(x, (tuple, list)) else x
+
+
+def _to_tuples(x):
+    return tuple(_to_tuples(v) for v in x) if isinstance(x, list) else x
+
+
+# ----------------------------------------------------------------------------- save / find / load
+def checkpoint_root(run_dir: str | Path) -> Path:
+    return Path(run_dir) / CKPT_DIR
+
+
+def list_checkpoints(run_dir: str | Path) -> list[Path]:
+    """Complete checkpoints (renamed into place), oldest first."""
+    root = checkpoint_root(run_dir)
+    if not root.is_dir():
+        return []
+    done = [p for p in root.glob("step_*") if p.is_dir() and ".tmp" not in p.name and (p / "trainer.json").is_file()]
+    return sorted(done, key=lambda p: int(p.name.split("_")[1]))
+
+
+def latest_checkpoint(run_dir: str | Path) -> Path | None:
+    """The checkpoint named by `latest`, else the newest complete one, else None."""
+    root = checkpoint_root(run_dir)
+    pointer = root / "latest"
+    if pointer.is_file():
+        cand = root / pointer.read_text().strip()
+        if (cand / "trainer.json").is_file():
+            return cand
+    found = list_checkpoints(run_dir)
+    return found[-1] if found else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """Accept a checkpoint folder or a run folder (-> its latest checkpoint)."""
+    p = Path(path)
+    if (p / "trainer.json").is_file():
+        return p
+    latest = latest_checkpoint(p)
+    if latest is None:
+        raise CheckpointError(f"no complete checkpoint in '{p}' (expected {p}/checkpoints/step_*/ or a checkpoint folder)")
+    return latest
+
+
+def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    trainer_state: dict[str, Any], cfg: RunConfig, tokenizer_file: Path | None = None,
+                    keep_last: int = 2) -> Path:
+    """Write checkpoint `step` atomically, point `latest` at it, prune old ones; returns its path."""
+    root = checkpoint_root(run_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    final = root / f"step_{step:06d}"
+    tmp = root / f"step_{step:06d}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    save_model(model, str(tmp / "model.safetensors"))
+    if optimizer is not None:
+        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+    torch.save(rng_state(), tmp / "rng.pt")
+    write_config(cfg, tmp / "config.toml")
+    if tokenizer_file is not None and Path(tokenizer_file).is_file():
+        shutil.copy2(tokenizer_file, tmp / "tokenizer.json")
+    (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
+    if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
+        old = final.with_name(final.name + f".old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+    atomic_write_text(root / "latest", final.name)
+    for stale in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
+
+
+def check_compatible(saved: ModelConfig, current: ModelConfig, where: Path) -> None:
+    """Every architecture field must match; names the first one that differs."""
+    a, b = to_dict(saved), to_dict(current)
+    for key in a:
+        if key in ("dropout",):
+            continue
+        if a[key] != b.get(key):
+            raise CheckpointError(f"checkpoint {where} is incompatible: model.{key} is {a[key]!r} there, "
+                                  f"{b.get(key)!r} in this run")
+
+
+def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimizer | None,
+                    cfg: RunConfig | None = None, restore_rng: bool = True) -> dict[str, Any]:
+    """Load weights (+ optimizer, RNG) from checkpoint `path` into live objects; returns trainer state."""
+    path = Path(path)
+    saved_cfg = read_saved_config(RunConfig, path / "config.toml")
+    if cfg is not None:
+        check_compatible(saved_cfg.model.finalize(), cfg.model, path)
+    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
+                              f"unexpected {sorted(unexpected)[:5]}")
+    if optimizer is not None:
+        opt_file = path / "optimizer.pt"
+        if not opt_file.is_file():
+            raise CheckpointError(f"checkpoint {path} has no optimizer.pt; cannot resume training from it")
+        optimizer.load_state_dict(torch.load(opt_file, map_location="cpu", weights_only=True))
+    if restore_rng:
+        set_rng_state(torch.load(path / "rng.pt", weights_only=True))
+    return json.loads((path / "trainer.json").read_text())

@@ -1,0 +1,80 @@
+"""`banyan sample --ckpt DIR --prompt "..."`: generate text from a checkpoint with the KV cache."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from banyan.cli import BanyanError
+from banyan.config import RunConfig, parse_cli, read_saved_config
+from banyan.dist.env import resolve_device
+from banyan.train import checkpoint as ckpt
+
+
+@dataclass
+class SampleConfig:
+    """Generate text from a trained checkpoint."""
+
+    ckpt: str = "runs/shakespeare"
+    """A checkpoint folder, or a run folder (its latest checkpoint is used)."""
+    prompt: str = "ROMEO:"
+    """Text to continue."""
+    max_new_tokens: int = 200
+    """Tokens to generate (capped by the model's context)."""
+    temperature: float = 0.8
+    """Softmax temperature; 0 = greedy."""
+    top_k: int = 50
+    """Keep the k most likely tokens (0 = off)."""
+    top_p: float = 1.0
+    """Nucleus sampling: keep the smallest set with this much probability (1 = off)."""
+    num_samples: int = 1
+    """How many samples to draw."""
+    seed: int = 1337
+    """Sampling seed (same seed, same text)."""
+    device: str = "auto"
+    """Device to run on."""
+
+
+def load_for_inference(path: str | Path, device: torch.device):
+    """(model, tokenizer, run config) from a checkpoint folder or run folder."""
+    from banyan.data.tokenizer import load_tokenizer
+    from banyan.model import build_model
+
+    path = ckpt.resolve_checkpoint(path)
+    cfg = read_saved_config(RunConfig, path / "config.toml")
+    model = build_model(cfg.model.finalize())
+    ckpt.load_checkpoint(path, model, None, restore_rng=False)
+    tok_file = path / "tokenizer.json"
+    if not tok_file.is_file():
+        raise BanyanError(f"checkpoint {path} has no tokenizer.json")
+    return model.to(device).eval(), load_tokenizer(tok_file), cfg
+
+
+def generate_text(model, tok, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
+                  seed: int, device: torch.device) -> str:
+    ids = tok.encode(prompt)
+    if not ids:
+        ids = [tok.bos_id]
+    room = model.config.max_seq_len - len(ids)
+    if room <= 0:
+        raise BanyanError(f"prompt is {len(ids)} tokens; the model's context is {model.config.max_seq_len}")
+    g = torch.Generator(device=device).manual_seed(seed)
+    x = torch.tensor([ids], dtype=torch.long, device=device)
+    out = model.generate(x, max_new_tokens=min(max_new_tokens, room), temperature=temperature,
+                         top_k=top_k or None, top_p=top_p if top_p < 1 else None, eos_id=tok.eos_id, generator=g)
+    return tok.decode(out[0].tolist())
+
+
+def main(argv: list[str]) -> int:
+    cfg = parse_cli(SampleConfig, argv, prog="banyan sample")
+    device = resolve_device(cfg.device)
+    model, tok, _ = load_for_inference(cfg.ckpt, device)
+    for i in range(cfg.num_samples):
+        text = generate_text(model, tok, cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,
+                             cfg.seed + i, device)
+        if cfg.num_samples > 1:
+            print(f"--- sample {i + 1} ---")
+        print(text)
+    return 0
