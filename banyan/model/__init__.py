@@ -1,1 +1,30 @@
-"""banyan.model"""
+"""banyan.model: Llama and GPT-2 causal language models in plain PyTorch, plus HF conversion.
+
+`build_model(cfg)` is the one constructor the trainer, sampler and planner use; every model it
+returns is a `CausalLM` (see common.py for the shared interface).
+"""
+
+from __future__ import annotations
+
+from banyan.config import ConfigError, ModelConfig
+from banyan.model.common import CausalLM, KVCache, causal_attention, sample_logits
+from banyan.model.gpt2 import GPT2
+from banyan.model.hf import config_from_hf, config_to_hf, from_hf, to_hf
+from banyan.model.llama import Llama
+
+ARCHS = {"llama": Llama, "gpt2": GPT2}
+
+
+def build_model(cfg: ModelConfig) -> CausalLM:
+    """Finalize `cfg` (derived sizes) and build the model it describes, freshly initialised."""
+    cfg.finalize()
+    if cfg.vocab_size <= 0:
+        raise ConfigError(f"model.vocab_size must be > 0, got {cfg.vocab_size} "
+                          "(0 means 'take it from the prepared data'; set it before building the model)")
+    if cfg.arch not in ARCHS:
+        raise ConfigError(f"model.arch must be one of {sorted(ARCHS)}, got {cfg.arch!r}")
+    return ARCHS[cfg.arch](cfg)
+
+
+__all__ = ["ARCHS", "CausalLM", "GPT2", "KVCache", "Llama", "build_model", "causal_attention", "config_from_hf",
+           "config_to_hf", "from_hf", "sample_logits", "to_hf"]

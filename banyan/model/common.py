@@ -1,0 +1,209 @@
+"""Pieces shared by both model families: KV cache, causal attention, sampling, generation, counting.
+
+`llama.py` and `gpt2.py` subclass `CausalLM`. A subclass provides `hidden_states` (after the final
+norm), `output_weight` (the head, [V, D]), `blocks`, `init_weights` and `embedding_params`; this
+base class turns those into logits, KV-cached generation, parameter counts and a FLOPs estimate.
+"""
+
+from __future__ import annotations
+
+import abc
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from banyan.cli import BanyanError
+from banyan.config import ModelConfig
+
+
+class KVCache:
+    """Pre-allocated keys and values of every layer: `k[i]`, `v[i]` are [B, n_kv_head, max_len, head_dim].
+
+    `update(layer, start_pos, k, v)` writes positions start_pos..start_pos+T-1 and returns the keys
+    and values of positions 0..start_pos+T-1, which is everything a query at those positions may see.
+    """
+
+    def __init__(self, n_layer: int, batch_size: int, n_kv_head: int, max_len: int, head_dim: int,
+                 device: torch.device | str | None = None, dtype: torch.dtype = torch.float32):
+        shape = (batch_size, n_kv_head, max_len, head_dim)
+        self.k = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.v = [torch.zeros(shape, device=device, dtype=dtype) for _ in range(n_layer)]
+        self.batch_size, self.max_len = batch_size, max_len
+        self.length = 0  # positions written by the latest update (0..length-1 are valid)
+
+    def update(self, layer: int, start_pos: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # k, v: [B, n_kv_head, T, head_dim]
+        end = start_pos + k.size(2)
+        if end > self.max_len:
+            raise BanyanError(f"KV cache holds {self.max_len} positions; got positions {start_pos}..{end - 1}")
+        if k.size(0) != self.batch_size:
+            raise BanyanError(f"KV cache was made for batch size {self.batch_size}; got {k.size(0)}")
+        self.k[layer][:, :, start_pos:end] = k
+        self.v[layer][:, :, start_pos:end] = v
+        self.length = end
+        return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
+
+
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int = 0,
+                     dropout_p: float = 0.0) -> torch.Tensor:
+    """Causal (grouped-query) attention through `F.scaled_dot_product_attention`.
+
+    q: [B, n_head, T, hd] at absolute positions start_pos..start_pos+T-1; k, v: [B, n_kv_head, S, hd]
+    at positions 0..S-1 (S = start_pos+T with a cache, S = T without). Returns [B, n_head, T, hd].
+    """
+    T, S = q.size(2), k.size(2)
+    # the cache may be stored in another dtype than autocast computes q in
+    k, v = k.to(q.dtype), v.to(q.dtype)
+    gqa = k.size(1) != q.size(1)
+    if T == S:  # no cached prefix: the plain causal mask (fast kernels)
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
+    mask = None
+    if T > 1:
+        # SDPA's is_causal aligns the mask top-left when T != S, which is wrong after a cached prefix;
+        # query i sits at position start_pos+i and may see keys 0..start_pos+i. mask: [T, S], True = attend.
+        q_pos = torch.arange(start_pos, start_pos + T, device=q.device)
+        mask = torch.arange(S, device=q.device)[None, :] <= q_pos[:, None]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p, enable_gqa=gqa)
+
+
+def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | None = None,
+                  top_p: float | None = None, generator: torch.Generator | None = None) -> torch.Tensor:
+    """Pick next tokens from logits [B, V]; returns [B]. temperature 0 is greedy (argmax).
+
+    top_k keeps the k most likely tokens; top_p keeps the smallest set of most likely tokens whose
+    probability reaches top_p (nucleus sampling, Holtzman et al. 2019); both may be combined.
+    """
+    if temperature < 0:
+        raise ValueError(f"temperature must be >= 0, got {temperature}")
+    if top_p is not None and not 0.0 <= top_p <= 1.0:
+        raise ValueError(f"top_p must be in [0, 1], got {top_p}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.float() / temperature
+    if top_k is not None and top_k > 0:
+        kth = torch.topk(logits, min(top_k, logits.size(-1)), dim=-1).values[:, -1:]  # [B, 1]
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p is not None and top_p < 1.0:
+        sorted_logits, order = logits.sort(dim=-1, descending=True)
+        probs = sorted_logits.softmax(dim=-1)
+        # drop a token when the tokens ranked above it already reach top_p; the first is always kept
+        drop = probs.cumsum(dim=-1) - probs > top_p
+        sorted_logits = sorted_logits.masked_fill(drop, float("-inf"))
+        logits = torch.full_like(logits, float("-inf")).scatter(-1, order, sorted_logits)
+    probs = logits.softmax(dim=-1)
+    return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+class CausalLM(nn.Module, abc.ABC):
+    """Interface shared by the Llama and GPT-2 models (the trainer, FSDP wrapper and losses rely on it)."""
+
+    config: ModelConfig
+
+    # ------------------------------------------------------------------ implemented per architecture
+    @abc.abstractmethod
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        """input_ids [B, T] -> final-norm hidden states [B, T, D]."""
+
+    @abc.abstractmethod
+    def output_weight(self) -> torch.Tensor:
+        """The output head weight [V, D] (the token embedding when tied)."""
+
+    @abc.abstractmethod
+    def blocks(self) -> nn.ModuleList:
+        """The transformer blocks, for per-block FSDP wrapping and activation checkpointing."""
+
+    @abc.abstractmethod
+    def init_weights(self) -> None:
+        """(Re-)initialise every parameter; deterministic under torch.manual_seed."""
+
+    @abc.abstractmethod
+    def embedding_params(self) -> list[nn.Parameter]:
+        """Token embedding (and learned position) parameters, left out by num_params(exclude_embeddings=True)."""
+
+    # ------------------------------------------------------------------ shared
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, V]; with a cache, appends K/V of positions start_pos.. first."""
+        return F.linear(self.hidden_states(input_ids, cache, start_pos), self.output_weight())
+
+    def check_positions(self, start_pos: int, length: int) -> None:
+        if start_pos < 0 or start_pos + length > self.config.max_seq_len:
+            raise BanyanError(f"positions {start_pos}..{start_pos + length - 1} are outside the model's context "
+                              f"(model.max_seq_len = {self.config.max_seq_len})")
+
+    def make_cache(self, batch_size: int, max_len: int | None = None, device: torch.device | str | None = None,
+                   dtype: torch.dtype | None = None) -> KVCache:
+        """An empty KV cache for up to `max_len` positions (default max_seq_len), on the model's device/dtype."""
+        c, w = self.config, self.output_weight()
+        max_len = c.max_seq_len if max_len is None else max_len
+        if max_len > c.max_seq_len:
+            raise BanyanError(f"cache length {max_len} exceeds model.max_seq_len ({c.max_seq_len})")
+        return KVCache(c.n_layer, batch_size, c.n_kv_head, max_len, c.head_dim,
+                       device=w.device if device is None else device, dtype=w.dtype if dtype is None else dtype)
+
+    def num_params(self, exclude_embeddings: bool = False) -> int:
+        """Number of parameters, tied weights counted once (`parameters()` de-duplicates them).
+
+        exclude_embeddings drops the token embedding and learned positions (a tied head goes with
+        the token embedding, since it is the same tensor; an untied head is kept).
+        """
+        skip = {id(p) for p in self.embedding_params()} if exclude_embeddings else set()
+        return sum(p.numel() for p in self.parameters() if id(p) not in skip)
+
+    def matmul_params(self) -> int:
+        """Weights that take part in a matmul per token: every nn.Linear in the blocks plus the head [V, D]."""
+        blocks = sum(m.weight.numel() for m in self.blocks().modules() if isinstance(m, nn.Linear))
+        return blocks + self.output_weight().numel()
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward) at context length `seq_len`.
+
+            6 * N + 12 * n_layer * d_model * seq_len
+
+        N = matmul_params() (block linear weights + the V*D head; no embeddings lookups, norms or
+        biases): 2 FLOPs per weight per token forward, 4 backward. The second term is the attention
+        scores and weighted sum (QK^T and AV: 2 * 2 * d_model * seq_len per layer forward, x3 with
+        backward), counted without the causal halving, as in PaLM (Chowdhery et al. 2022, appendix B)
+        and nanoGPT's estimate_mfu.
+        """
+        c = self.config
+        return 6.0 * self.matmul_params() + 12.0 * c.n_layer * c.d_model * seq_len
+
+    @torch.no_grad()
+    def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
+                 top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
+                 generator: torch.Generator | None = None) -> torch.Tensor:
+        """Continue each row of input_ids [B, T]; returns [B, T + n] with n <= max_new_tokens.
+
+        The prompt is run once (prefill) into a KV cache, then one token per step. A row that has
+        produced eos_id is padded with eos_id afterwards; generation stops early once every row has.
+        T + max_new_tokens must fit in model.max_seq_len, else a BanyanError is raised (no silent crop).
+        Runs in eval mode (no dropout) and restores the previous mode.
+        """
+        if input_ids.dim() != 2:
+            raise BanyanError(f"generate expects input_ids of shape [B, T], got {tuple(input_ids.shape)}")
+        B, T = input_ids.shape
+        if T == 0:
+            raise BanyanError("generate needs a prompt of at least one token")
+        if T + max_new_tokens > self.config.max_seq_len:
+            raise BanyanError(f"prompt ({T} tokens) + max_new_tokens ({max_new_tokens}) exceeds "
+                              f"model.max_seq_len ({self.config.max_seq_len}); shorten the prompt or ask for fewer tokens")
+        was_training = self.training
+        self.eval()
+        try:
+            cache = self.make_cache(B, T + max_new_tokens, device=input_ids.device)
+            logits = self(input_ids, cache=cache, start_pos=0)[:, -1]  # [B, V]
+            out = [input_ids]
+            done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
+            for step in range(max_new_tokens):
+                nxt = sample_logits(logits, temperature, top_k, top_p, generator)  # [B]
+                if eos_id is not None:
+                    nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
+                    done |= nxt == eos_id
+                out.append(nxt[:, None])
+                if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
+                    break
+                logits = self(nxt[:, None], cache=cache, start_pos=T + step)[:, -1]
+            return torch.cat(out, dim=1)
+        finally:
+            self.train(was_training)
