@@ -122,9 +122,15 @@ class CausalLM(nn.Module, abc.ABC):
         """Token embedding (and learned position) parameters, left out by num_params(exclude_embeddings=True)."""
 
     # ------------------------------------------------------------------ shared
-    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        """input_ids [B, T] -> logits [B, T, V]; with a cache, appends K/V of positions start_pos.. first."""
-        return F.linear(self.hidden_states(input_ids, cache, start_pos), self.output_weight())
+    def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
+                return_hidden: bool = False) -> torch.Tensor:
+        """input_ids [B, T] -> logits [B, T, V]; with a cache, appends K/V of positions start_pos.. first.
+
+        return_hidden=True returns the final hidden states [B, T, D] instead, through forward so that
+        DDP/FSDP hooks still run; a chunked loss then multiplies them by output_weight() piecewise.
+        """
+        hidden = self.hidden_states(input_ids, cache, start_pos)
+        return hidden if return_hidden else F.linear(hidden, self.output_weight())
 
     def check_positions(self, start_pos: int, length: int) -> None:
         if start_pos < 0 or start_pos + length > self.config.max_seq_len:

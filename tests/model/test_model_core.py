@@ -42,6 +42,7 @@ def test_forward_is_hidden_states_times_head(arch, make_config):
     assert model.hidden_states(x).shape == (2, 9, 32)
     assert model.output_weight().shape == (97, 32)
     torch.testing.assert_close(logits, F.linear(model.hidden_states(x), model.output_weight()), rtol=0, atol=0)
+    torch.testing.assert_close(model(x, return_hidden=True), model.hidden_states(x), rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("arch", ARCHS)
