@@ -21,9 +21,7 @@ import numpy as np
 import torch
 
 from banyan.data import DataError
-from banyan.data.shards import open_shard
-
-META_FORMAT = "banyan-token-shards"
+from banyan.data.shards import META_FORMAT, open_shard
 
 
 def read_meta(data_dir: str | os.PathLike) -> dict:

@@ -32,11 +32,10 @@ from pathlib import Path
 import numpy as np
 
 from banyan.data import DataError
-from banyan.data.shards import ShardWriter, dtype_for_vocab
+from banyan.data.shards import META_FORMAT, ShardWriter, dtype_for_vocab
 from banyan.data.sources import SourceStats, describe, iter_documents
 from banyan.data.tokenizer import Tokenizer, build_tokenizer, parse_spec
 
-META_FORMAT = "banyan-token-shards"
 META_VERSION = 1
 LAYOUT = "each document's tokens followed by <|eos|>; no <|bos|>"
 

@@ -28,6 +28,7 @@ import numpy as np
 from banyan.data import DataError
 
 MAGIC = b"BANYANTK"
+META_FORMAT = "banyan-token-shards"  # meta.json "format" of a prepared folder (prepare.py, loader.py)
 VERSION = 1
 HEADER_SIZE = 64
 _HEADER = struct.Struct("<8sIIQQII")
