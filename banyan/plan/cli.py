@@ -1,0 +1,193 @@
+"""`banyan plan`: argument parsing and output (rich table or --json) for the planner and --validate.
+
+Flags accept both spellings, `--global-batch-tokens` and `--global_batch_tokens`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from pathlib import Path
+
+from banyan.cli import BanyanError
+from banyan.config import ConfigError, RunConfig, load_config, preset_path, read_saved_config, read_toml
+
+EPILOG = """examples:
+  banyan plan --model llama-1b --gpus 4x4090 --interconnect pcie4 --p2p off
+  banyan plan --model llama-500m --gpus 8xh100 --interconnect nvlink4 --nodes 2 --network 400gb-ib
+  banyan plan --model my.toml --gpus 2xcustom --gpu-tflops 100 --gpu-mem-gb 48 --bandwidth-gbs 20 --json
+  banyan plan --model shakespeare --validate --steps 5
+GPUs: rtx3090 rtx4090 a100-40gb a100-80gb h100 h100-pcie h200 (or 'custom');
+interconnects: pcie3 pcie4 pcie5 nvlink3 nvlink4; networks: 10gbe 25gbe 100gbe 200gb-ib 400gb-ib."""
+
+
+def _flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
+    names = [name] + (["--" + name[2:].replace("-", "_")] if "-" in name[2:] else [])
+    p.add_argument(*names, **kw)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="banyan plan", formatter_class=argparse.RawDescriptionHelpFormatter,
+                                description="Predict memory per GPU and step time of every data-parallel strategy "
+                                            "(ddp, zero1-3) x optimizer x activation checkpointing, and recommend one.",
+                                epilog=EPILOG, allow_abbrev=False)
+    _flag(p, "--model", help="preset name (llama-1b, ...) or a TOML recipe file")
+    _flag(p, "--config", help="a TOML recipe (or a run's config.toml); same as --model FILE")
+    _flag(p, "--gpus", help="GPUs per node, e.g. 4x4090, 8xh100, 1xa100-80gb, 2xcustom")
+    _flag(p, "--interconnect", default="pcie4", help="link between GPUs of a node (default pcie4)")
+    _flag(p, "--p2p", choices=["on", "off"], default="on", help="PCIe peer-to-peer (off: staged through host)")
+    _flag(p, "--nodes", type=int, default=1, help="number of machines")
+    _flag(p, "--network", help="network between nodes: 10gbe, 25gbe, 100gbe, 200gb-ib, 400gb-ib")
+    _flag(p, "--bandwidth-gbs", type=float, help="measured intra-node bus bandwidth, GB/s (overrides the preset)")
+    _flag(p, "--network-gbs", type=float, help="measured inter-node bandwidth, GB/s")
+    _flag(p, "--gpu-tflops", type=float, help="custom peak dense bf16 TFLOP/s")
+    _flag(p, "--gpu-mem-gb", type=float, help="custom GPU memory, GB")
+    _flag(p, "--gpu-mem-bw-gbs", type=float, help="custom GPU memory bandwidth, GB/s")
+    _flag(p, "--seq", type=int, help="sequence length (default: the recipe's train.seq_len)")
+    _flag(p, "--global-batch-tokens", type=int, help="tokens per optimizer step (default: the recipe's)")
+    _flag(p, "--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation of peak (default 0.4)")
+    _flag(p, "--optim", default="adamw,adamw8bit", help="comma list of adamw, adamw8bit, adamw8bit-torchao, muon")
+    _flag(p, "--strategy", help="comma list of ddp, zero1, zero2, zero3 (default all)")
+    _flag(p, "--ac", default="none,selective,full", help="comma list of activation checkpointing modes")
+    _flag(p, "--chunked-loss", type=int, help="cross-entropy chunk, positions (default: the recipe's train.chunked_loss)")
+    _flag(p, "--reduce-dtype", choices=["fp32", "bf16"], default="fp32", help="gradient reduction dtype")
+    _flag(p, "--vocab-size", type=int, help="vocabulary size when the recipe says 0 (default: from the data's meta.json)")
+    _flag(p, "--json", action="store_true", help="print JSON instead of a table")
+    _flag(p, "--validate", action="store_true", help="run real train steps here and compare with the prediction")
+    _flag(p, "--steps", type=int, default=3, help="--validate: train steps")
+    _flag(p, "--micro-batch", type=int, help="--validate: sequences per step (default: the recipe's, max 8)")
+    _flag(p, "--device", default="auto", help="--validate: auto, cpu, cuda, cuda:1")
+    return p
+
+
+def load_run_config(model: str | None, config: str | None, vocab_size: int | None, for_validate: bool) -> tuple[RunConfig, str, list[str]]:
+    """Recipe from --model/--config, with vocab_size resolved; returns (cfg, display name, notes)."""
+    src = config or model
+    if not src:
+        raise BanyanError("give --model PRESET_OR_TOML (or --config FILE)")
+    path = preset_path(src)
+    data = read_toml(path)
+    cfg = read_saved_config(RunConfig, path) if "git_commit" in data else load_config(RunConfig, file=str(path))
+    notes = []
+    if vocab_size is not None:
+        if vocab_size <= 0:
+            raise BanyanError(f"--vocab-size must be > 0, got {vocab_size}")
+        cfg.model.vocab_size = vocab_size
+    if cfg.model.vocab_size == 0:
+        meta = Path(cfg.data.path) / "meta.json"
+        if meta.is_file():
+            cfg.model.vocab_size = int(json.loads(meta.read_text(encoding="utf-8"))["vocab_size"])
+            notes.append(f"vocab_size {cfg.model.vocab_size} from {meta}")
+        elif for_validate:
+            cfg.model.vocab_size = 2048
+            notes.append(f"vocab_size is 0 in {path.name} and {meta} does not exist: using 2048 (set --vocab-size)")
+        else:
+            raise BanyanError(f"{path}: model.vocab_size is 0 (taken from prepared data) and {meta} does not exist; "
+                              "pass --vocab-size N")
+    try:
+        cfg.model.finalize()
+    except ConfigError as e:
+        raise BanyanError(f"{path}: {e}") from None
+    return cfg, Path(src).stem if Path(src).suffix == ".toml" else src, notes
+
+
+def _split(s: str) -> list[str]:
+    return [x.strip() for x in s.split(",") if x.strip()]
+
+
+def _gb(x: float) -> str:
+    return f"{x:.1f}"
+
+
+def render(d: dict, plan_rows, hw_note: str) -> None:
+    from rich.console import Console
+    from rich.markup import escape
+    from rich.table import Table
+
+    con = Console(width=max(170, Console().width))
+    m, h, w = d["model"], d["hardware"], d["workload"]
+    con.print(f"[bold]{m['name']}[/]: {m['arch']}, {m['params'] / 1e6:,.0f}M params, {m['n_layer']} layers x "
+              f"{m['d_model']}, vocab {m['vocab_size']}; seq {w['seq']}, {w['global_batch_tokens']:,} tokens/step; "
+              f"assumed MFU {w['mfu']:g}")
+    g = h["gpu"]
+    con.print(f"{h['world']} x {g['name']} ({g['tflops']:g} TFLOP/s bf16, {g['mem_gb']:g} GB) on {h['nodes']} "
+              f"node(s); {hw_note}")
+    t = Table(show_lines=False, header_style="bold")
+    for col in ("strategy", "optim", "AC", "mb x acc", "params", "grads", "optim st", "activ", "buffers", "total GB",
+                "fits", "compute s", "comm s", "step s", "tok/s", "MFU"):
+        t.add_column(col, justify="left" if col in ("strategy", "optim", "AC", "fits") else "right")
+    for r in plan_rows:
+        mg = r.mem_gb
+        t.add_row(r.strategy, r.optim, r.ac, f"{r.micro_batch} x {r.accum}" if r.fits else "-",
+                  _gb(mg["params"]), _gb(mg["grads"]), _gb(mg["optim"]), _gb(mg["activations"]), _gb(mg["buffers"]),
+                  _gb(mg["total"]), "yes" if r.fits else "[red]no[/]",
+                  *((f"{r.compute_s:.2f}", f"{r.comm_s:.2f}", f"{r.step_s:.2f}", f"{r.tokens_per_s:,.0f}",
+                     f"{r.mfu:.2f}") if r.fits else ("-",) * 5))
+    con.print(t)
+    con.print("memory per GPU in GB (2^30 B); not-fitting rows show micro-batch 1. 'comm s' is communication "
+              "not hidden behind compute; 'buffers' include bf16 weight copies and logits; total adds 1 GB CUDA "
+              "context + 5% fragmentation.", style="dim")
+    rec = d["recommendation"]
+    if rec:
+        con.print(f"[bold green]Recommendation:[/] {escape(rec['why'])}")
+    else:
+        con.print(f"[bold red]{m['name']} does not fit on {h['world']} x {g['name']} with any strategy.[/]")
+        for a in d["advice"]:
+            con.print(f"  - {escape(a)}")
+
+
+def render_validate(res: dict, name: str) -> None:
+    print(f"banyan plan --validate: {name} on {res['device']} ({res['accelerator']}, {res['peak_tflops']:.3g} "
+          f"TFLOP/s peak, assumed MFU {res['mfu']:g}), optim {res['optim']}, AC {res['ac']}, micro-batch "
+          f"{res['micro_batch']} x seq {res['seq']}, {res['steps']} steps, final loss {res['final_loss']:.3f}")
+    print(f"{'quantity':<22}{'predicted':>16}{'measured':>16}{'ratio':>8}")
+    for q, pred, meas, unit in res["rows"]:
+        if unit == "B":
+            ps, ms = f"{pred / 2**20:,.3f} MiB", f"{meas / 2**20:,.3f} MiB"
+        else:
+            ps, ms = f"{pred * 1e3:,.1f} ms", f"{meas * 1e3:,.1f} ms"
+        ratio = f"{meas / pred:.3f}" if pred else "-"
+        print(f"{q:<22}{ps:>16}{ms:>16}{ratio:>8}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from banyan.plan.planner import Workload, make_plan, plan_dict, resolve_hardware
+
+    args = build_parser().parse_args(argv)
+    cfg, name, notes = load_run_config(args.model, args.config, args.vocab_size, args.validate)
+    seq = args.seq or cfg.train.seq_len
+    if seq < 1 or seq > cfg.model.max_seq_len:
+        raise BanyanError(f"--seq {seq} must be in [1, model.max_seq_len = {cfg.model.max_seq_len}]")
+    chunk = cfg.train.chunked_loss if args.chunked_loss is None else args.chunked_loss
+    if chunk < 0:
+        raise BanyanError(f"--chunked-loss must be >= 0, got {chunk}")
+    if not 0 < args.mfu <= 1:
+        raise BanyanError(f"--mfu must be in (0, 1], got {args.mfu}")
+    for note in notes:
+        print(f"note: {note}")
+    if args.validate:
+        from banyan.plan.validate import validate
+
+        optims, acs = _split(args.optim), _split(args.ac)
+        mb = args.micro_batch or min(cfg.train.micro_batch, 8)
+        res = validate(cfg, optims[0], args.steps, mb, seq, acs[0], chunk, args.device, args.mfu)
+        if args.json:
+            print(json.dumps(res, indent=2))
+        else:
+            render_validate(res, name)
+        return 0
+    if not args.gpus:
+        raise BanyanError("give --gpus, e.g. --gpus 4x4090 (or --validate to measure on this machine)")
+    hw = resolve_hardware(args.gpus, args.interconnect, args.p2p == "on", args.nodes, args.network,
+                          args.gpu_tflops, args.gpu_mem_gb, args.gpu_mem_bw_gbs, args.bandwidth_gbs, args.network_gbs)
+    gbt = args.global_batch_tokens or cfg.train.global_batch_tokens or cfg.train.micro_batch * seq * hw.world
+    work = Workload(cfg.model, name, seq, gbt, args.mfu, chunk, 2 if args.reduce_dtype == "bf16" else 4,
+                    float(cfg.parallel.bucket_mb))
+    plan = make_plan(work, hw, _split(args.optim), _split(args.strategy) if args.strategy else None, _split(args.ac))
+    d = plan_dict(work, hw, plan)
+    if args.json:
+        print(json.dumps(d, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
+    else:
+        render(d, plan.rows, hw.note)
+    return 0 if plan.best else 1

@@ -1,0 +1,118 @@
+"""`banyan plan --validate`: run a few real train steps and set the planner's figures beside measurements.
+
+On CPU (fp32) the params, grads and optimizer state are counted from the real tensors, the saved
+activations with autograd saved-tensor hooks, and the step time with a wall clock. On CUDA (bf16
+autocast) it also compares the allocator's peak (`torch.cuda.max_memory_allocated`) with the
+predicted total minus the CUDA context (which the allocator does not see).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+
+import torch
+
+from banyan.cli import BanyanError
+from banyan.config import OptimConfig, RunConfig
+from banyan.plan import memory as M
+from banyan.plan import speed as S
+
+
+class SavedTensorMeter:
+    """Bytes autograd saves for backward inside the context, each storage once, parameters excluded."""
+
+    def __init__(self, params: list[torch.Tensor]):
+        self.skip = {p.untyped_storage().data_ptr() for p in params}
+        self.seen: dict[int, int] = {}
+
+    def _pack(self, t: torch.Tensor) -> torch.Tensor:
+        s = t.untyped_storage()
+        if s.data_ptr() not in self.skip:
+            self.seen.setdefault(s.data_ptr(), s.nbytes())
+        return t
+
+    @contextlib.contextmanager
+    def __call__(self):
+        with torch.autograd.graph.saved_tensors_hooks(self._pack, lambda t: t):
+            yield self
+
+    @property
+    def bytes(self) -> int:
+        return sum(self.seen.values())
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(device)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BanyanError(f"--device {device}: CUDA is not available here")
+    return dev
+
+
+def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int, ac: str, chunk: int,
+             device: str = "auto", mfu: float = 0.4) -> dict:
+    """Train `steps` steps on random tokens; returns {"rows": [(quantity, predicted, measured, unit)], ...}."""
+    from banyan.dist.ac import apply_activation_checkpointing
+    from banyan.hardware import cpu, match_device_name
+    from banyan.losses import lm_loss
+    from banyan.model import build_model
+    from banyan.train.optim import build_optimizer, optimizer_state_bytes, tensor_bytes
+
+    if steps < 1 or micro_batch < 1:
+        raise BanyanError(f"--steps and --micro-batch must be >= 1 (got {steps}, {micro_batch})")
+    dev = resolve_device(device)
+    mc = cfg.model
+    torch.manual_seed(cfg.train.seed)
+    model = build_model(mc).to(dev)
+    apply_activation_checkpointing(model, ac)
+    opt = build_optimizer(model, OptimConfig(**{**vars(cfg.optim), "name": optim}), dev.type)
+    cuda = dev.type == "cuda"
+    e = 2 if cuda else 4
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    params = list(model.parameters())
+    meter = SavedTensorMeter(params)
+    measured: dict[str, float] = {}
+    times = []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    for i in range(steps):
+        x = torch.randint(0, mc.vocab_size, (micro_batch, seq + 1), generator=gen).to(dev)
+        t0 = time.perf_counter()
+        with (meter() if i == 0 else contextlib.nullcontext()), autocast:
+            loss = lm_loss(model.hidden_states(x[:, :-1]), model.output_weight(), x[:, 1:], chunk=chunk)
+        loss.backward()
+        if i == 0:
+            measured["grads"] = tensor_bytes(p.grad for p in params if p.grad is not None)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t0)
+    measured.update(params=tensor_bytes(params), optim=optimizer_state_bytes(opt), activations=meter.bytes)
+
+    specs = M.param_specs(mc)
+    static = M.static_bytes(specs, optim)
+    act = M.activation_bytes(mc, micro_batch, seq, ac, chunk, e)
+    acc = (match_device_name(torch.cuda.get_device_name(dev)) if cuda else None) or cpu()
+    rate = acc.peak_flops * mfu
+    tokens = micro_batch * seq
+    flops = tokens * (S.flops_per_token(mc, specs, seq) + S.recompute_flops_per_token(mc, specs, seq, ac, chunk))
+    pred_time = flops / rate + S.optimizer_seconds(mc, specs, optim, 1, acc.mem_bw_gbs, acc.peak_flops, mfu)
+    # hooks see what a checkpointed block keeps (its inputs) after forward, not its transient recompute
+    recompute_peak = (tokens * M.layer_bytes_per_token(mc, e) if M.n_checkpointed(mc.n_layer, ac) else 0)
+    rows = [("params", static["params"], measured["params"], "B"),
+            ("grads", static["grads"], measured["grads"], "B"),
+            ("optimizer state", static["optim"], measured["optim"], "B"),
+            ("saved activations", act["total"] - recompute_peak, measured["activations"], "B"),
+            ("step time", pred_time, statistics.median(times[1:] or times), "s")]
+    if cuda:
+        buf = sum(M.buffer_bytes(mc, specs, "single", ac, micro_batch, seq, chunk, e).values())
+        pred_peak = static["params"] + static["grads"] + static["optim"] + act["total"] + buf
+        rows.append(("peak allocated (CUDA)", pred_peak, torch.cuda.max_memory_allocated(dev), "B"))
+    return {"device": str(dev), "accelerator": acc.name, "peak_tflops": acc.tflops, "mfu": mfu, "optim": optim,
+            "ac": ac, "chunked_loss": chunk, "micro_batch": micro_batch, "seq": seq, "steps": steps,
+            "final_loss": loss.item(), "rows": rows}

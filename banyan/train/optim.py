@@ -1,0 +1,253 @@
+"""Optimizers: AdamW (fp32 state), 8-bit AdamW (bitsandbytes or torchao), and Muon + AdamW.
+
+`build_optimizer(model, cfg, device_type)` returns one `torch.optim.Optimizer` for every choice,
+so the trainer, the LR schedule and checkpointing treat them alike.
+
+Parameter groups (every group carries `name` and `initial_lr`):
+  * ``decay``     every parameter with ndim >= 2 - the linear weights and, following nanoGPT, the
+                  token/position embeddings (a tied head is the embedding, so it is decayed once).
+  * ``no_decay``  ndim < 2: norm gains and biases. Decaying them pulls gains towards 0 and
+                  biases towards 0 for no regularisation benefit (nanoGPT, Karpathy 2023).
+  * ``muon``      (muon only) the 2-D weights inside `model.blocks()` - attention and MLP matrices.
+                  Embeddings and the head stay on AdamW, as Muon's author recommends (Jordan 2024,
+                  https://kellerjordan.github.io/posts/muon/, modded-nanogpt).
+
+The LR schedule sets ``group["lr"] = group["initial_lr"] * factor``; `initial_lr` is the group's
+peak lr (cfg.lr for AdamW groups, cfg.muon_lr for the Muon group). It is the same key torch's
+LRSchedulers use, so they work too.
+
+State dicts hold only tensors and plain Python values, so `torch.save` + `torch.load(weights_only=True)`
+round-trips them; 8-bit states stay 8-bit (uint8 codes + fp32 block scales).
+"""
+
+from __future__ import annotations
+
+import collections.abc
+import functools
+from typing import Any, Iterable
+
+import torch
+import torch.nn as nn
+
+from banyan.cli import BanyanError
+from banyan.config import OptimConfig
+
+EXTRA_HINT = "install the extra: pip install 'banyan-lm[optim8bit]'"
+
+
+def param_groups(model: nn.Module, weight_decay: float, lr: float) -> list[dict[str, Any]]:
+    """AdamW groups: ndim >= 2 decayed, the rest not (see module docstring). Shared tensors appear once."""
+    decay, no_decay = [], []
+    for p in model.parameters():  # parameters() de-duplicates tied weights
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    groups = [dict(params=decay, weight_decay=weight_decay, name="decay", lr=lr, initial_lr=lr),
+              dict(params=no_decay, weight_decay=0.0, name="no_decay", lr=lr, initial_lr=lr)]
+    return [g for g in groups if g["params"]]
+
+
+def muon_params(model: nn.Module) -> list[nn.Parameter]:
+    """The parameters Muon takes: 2-D weights inside the transformer blocks."""
+    if not hasattr(model, "blocks"):
+        raise BanyanError(f"muon needs model.blocks() to tell hidden matrices from embeddings/head; "
+                          f"{type(model).__name__} has none")
+    seen, out = set(), []
+    for p in model.blocks().parameters():
+        if p.requires_grad and p.ndim == 2 and id(p) not in seen:
+            seen.add(id(p))
+            out.append(p)
+    return out
+
+
+class _MergedState(collections.abc.Mapping):
+    """Read-only view of several optimizers' `state` (a ChainMap would insert keys into the
+    inner defaultdicts on every failed lookup, corrupting their state_dict())."""
+
+    def __init__(self, *maps: dict):
+        self.maps = maps
+
+    def __getitem__(self, key):
+        for m in self.maps:
+            if key in m:
+                return m[key]
+        raise KeyError(key)
+
+    def __iter__(self):
+        for m in self.maps:
+            yield from m
+
+    def __len__(self) -> int:
+        return sum(len(m) for m in self.maps)
+
+
+class MuonAdamW(torch.optim.Optimizer):
+    """Muon for the blocks' matrices plus AdamW for everything else, as one optimizer.
+
+    `param_groups` is the concatenation of the two inner optimizers' groups (the same dict
+    objects, so setting `group["lr"]` reaches the inner optimizer). `state_dict()` is
+    ``{"muon": ..., "adamw": ...}`` of the inner state dicts.
+    """
+
+    def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
+        self.muon, self.adamw = muon, adamw
+        # Optimizer.__init__ stores these very dicts; it only adds missing defaults (there are none)
+        super().__init__(muon.param_groups + adamw.param_groups, defaults={})
+        self.state = _MergedState(muon.state, adamw.state)  # type: ignore[assignment]
+
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        self.muon.step()
+        self.adamw.step()
+        return loss
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        self.muon.zero_grad(set_to_none)
+        self.adamw.zero_grad(set_to_none)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"muon": self.muon.state_dict(), "adamw": self.adamw.state_dict()}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        if set(state_dict) != {"muon", "adamw"}:
+            raise BanyanError(f"muon optimizer state must have keys 'muon' and 'adamw', got {sorted(state_dict)}; "
+                              "was the checkpoint written with another optim.name?")
+        self.muon.load_state_dict(state_dict["muon"])
+        self.adamw.load_state_dict(state_dict["adamw"])
+
+
+def _adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
+    fused = device_type == "cuda"  # one kernel for all params; CPU uses the foreach path
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, fused=fused or None)
+
+
+def _bnb_adamw8bit(groups: list[dict], cfg: OptimConfig) -> torch.optim.Optimizer:
+    try:
+        import bitsandbytes as bnb
+    except ImportError as e:
+        raise BanyanError(f"optim.name 'adamw8bit' needs bitsandbytes ({e}); {EXTRA_HINT}") from None
+    # Block-wise 8-bit state (Dettmers et al. 2022): tensors of >= 4096 values keep uint8 moments
+    # plus one fp32 absmax per 256 values; smaller ones (norms, biases) keep fp32 moments.
+    return bnb.optim.AdamW8bit(groups, lr=cfg.lr, betas=(cfg.beta1, cfg.beta2), eps=cfg.eps, min_8bit_size=4096)
+
+
+@functools.cache
+def _torchao_class() -> type:
+    try:
+        from torchao.optim import AdamW8bit
+    except ImportError as e:
+        raise BanyanError(f"optim.name 'adamw8bit-torchao' needs torchao ({e}); {EXTRA_HINT}") from None
+
+    class TorchaoAdamW8bit(AdamW8bit):
+        """torchao's AdamW8bit with plain-float `group["lr"]` outside step().
+
+        torchao keeps lr as a 0-d tensor (so its compiled step does not recompile when lr changes)
+        and refuses a float. The schedule writes floats, so step() copies each float into the
+        group's tensor, steps, and puts the float back.
+        """
+
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            self._floats()
+
+        def _floats(self) -> None:
+            for g in self.param_groups:
+                if isinstance(g["lr"], torch.Tensor):
+                    g["_lr_t"] = g["lr"]
+                    g["lr"] = float(g["lr"])
+
+        @torch.no_grad()
+        def step(self, closure=None):
+            for g in self.param_groups:
+                t = g.get("_lr_t")
+                if not isinstance(t, torch.Tensor):
+                    t = torch.tensor(0.0)
+                t.fill_(float(g["lr"]))
+                g["_lr_t"], g["lr"] = t, t
+            try:
+                return super().step(closure)
+            finally:
+                self._floats()
+
+        def state_dict(self) -> dict[str, Any]:
+            sd = super().state_dict()
+            for g in sd["param_groups"]:
+                g.pop("_lr_t", None)
+            return sd
+
+        def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+            super().load_state_dict(state_dict)
+            self._floats()
+
+    return TorchaoAdamW8bit
+
+
+def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str = "cpu") -> torch.optim.Optimizer:
+    """The optimizer `cfg.name` asks for over `model`'s trainable parameters (see module docstring)."""
+    if cfg.name == "adamw":
+        return _adamw(param_groups(model, cfg.weight_decay, cfg.lr), cfg, device_type)
+    if cfg.name == "adamw8bit":
+        return _bnb_adamw8bit(param_groups(model, cfg.weight_decay, cfg.lr), cfg)
+    if cfg.name == "adamw8bit-torchao":
+        cls = _torchao_class()
+        return cls(param_groups(model, cfg.weight_decay, cfg.lr), lr=cfg.lr, betas=(cfg.beta1, cfg.beta2),
+                   eps=cfg.eps, weight_decay=cfg.weight_decay)
+    if cfg.name == "muon":
+        hidden = muon_params(model)
+        if not hidden:
+            raise BanyanError("muon found no 2-D weights inside model.blocks()")
+        ids = {id(p) for p in hidden}
+        # Muon: Nesterov momentum, 5 Newton-Schulz steps with Keller Jordan's quintic coefficients
+        # (torch.optim.Muon defaults) and his shape scaling sqrt(max(1, rows/cols)) of the lr.
+        muon = torch.optim.Muon([dict(params=hidden, name="muon", lr=cfg.muon_lr, initial_lr=cfg.muon_lr,
+                                      weight_decay=cfg.weight_decay)],
+                                lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=True)
+        rest = nn.ParameterList([p for p in model.parameters() if id(p) not in ids])
+        adamw = _adamw(param_groups(rest, cfg.weight_decay, cfg.lr), cfg, device_type)
+        return MuonAdamW(muon, adamw)
+    raise BanyanError(f"optim.name must be one of adamw, adamw8bit, adamw8bit-torchao, muon; got {cfg.name!r}")
+
+
+def _leaf_tensors(t: torch.Tensor) -> Iterable[torch.Tensor]:
+    """Plain tensors behind `t`: DTensor -> local shard; tensor subclasses (torchao's 8-bit state) -> their parts."""
+    if hasattr(t, "to_local"):
+        t = t.to_local()
+    if type(t) is not torch.Tensor and hasattr(t, "__tensor_flatten__"):
+        names, _ = t.__tensor_flatten__()
+        for n in names:
+            yield from _leaf_tensors(getattr(t, n))
+        return
+    yield t
+
+
+def tensor_bytes(tensors: Iterable[torch.Tensor]) -> int:
+    """Bytes of the storages behind `tensors`, each storage counted once (shared qmaps, views, ties)."""
+    seen, total = set(), 0
+    for t in tensors:
+        for leaf in _leaf_tensors(t):
+            storage = leaf.untyped_storage()
+            key = (leaf.device, storage.data_ptr())
+            if storage.data_ptr() and key in seen:
+                continue
+            seen.add(key)
+            total += storage.nbytes()
+    return total
+
+
+def _state_tensors(state: Any) -> Iterable[torch.Tensor]:
+    if isinstance(state, torch.Tensor):
+        yield state
+    elif isinstance(state, dict):
+        for v in state.values():
+            yield from _state_tensors(v)
+    elif isinstance(state, (list, tuple)):
+        for v in state:
+            yield from _state_tensors(v)
+
+
+def optimizer_state_bytes(opt: torch.optim.Optimizer) -> int:
+    """Real bytes held by the optimizer's state tensors (8-bit codes, scales, steps...), de-duplicated."""
+    return tensor_bytes(_state_tensors(list(opt.state.values())))
