@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from banyan.cli import BanyanError
-from banyan.config import ConfigError, RunConfig, parse_cli, write_config
-from banyan.dist.env import DistEnv
+from banyan.config import ConfigError, RunConfig, parse_cli, to_dict, write_config
+from banyan.dist.env import DistEnv, agree_on_errors, check_same_config
 from banyan.dist.parallel import parallelize
 from banyan.train import checkpoint as ckpt
+from banyan.train import dist_checkpoint as dist_ckpt
 from banyan.train import faults
 from banyan.train.metrics import MetricsLogger, peak_flops_for, peak_memory_mb
 from banyan.train.schedule import lr_factor, set_lr
@@ -41,10 +42,11 @@ class TrainingDiverged(BanyanError):
 
 
 def main(argv: list[str]) -> int:
+    from banyan.dist.launch import alias_nproc, launch_torchrun
+
+    argv = alias_nproc(argv)  # `--nproc N` is short for `--parallel.nproc N`
     cfg = parse_cli(RunConfig, argv, prog="banyan pretrain", default_preset="shakespeare")
     if cfg.parallel.nproc > 0 and "LOCAL_RANK" not in os.environ:
-        from banyan.dist.launch import launch_torchrun
-
         return launch_torchrun(cfg.parallel.nproc, ["pretrain", *argv])
     train(cfg)
     return 0
@@ -136,7 +138,11 @@ def prepare_out_dir(cfg: RunConfig, env: DistEnv) -> tuple[Path, Path | None]:
     """Refuse to overwrite a previous run; find the checkpoint to resume from."""
     out = Path(cfg.out)
     resume_from = None
-    if cfg.resume:
+    if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
+        # torchrun --max-restarts re-ran this command after a rank died: continue from the latest
+        # complete checkpoint (or start over if the first one was never written)
+        resume_from = ckpt.latest_checkpoint(out)
+    elif cfg.resume:
         resume_from = ckpt.latest_checkpoint(out)
         if resume_from is None:
             raise BanyanError(f"--resume: no complete checkpoint in '{out}/checkpoints'")
@@ -148,11 +154,11 @@ def prepare_out_dir(cfg: RunConfig, env: DistEnv) -> tuple[Path, Path | None]:
     return out, resume_from
 
 
-def trim_metrics(path: Path, before_step: int) -> None:
+def trim_metrics(path: Path, upto_step: int) -> None:
     """On resume, drop records a killed run wrote after its last checkpoint (atomic rewrite)."""
     if not path.is_file():
         return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) < before_step]
+    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= upto_step]
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(ln + "\n" for ln in keep))
     os.replace(tmp, path)
@@ -165,15 +171,18 @@ def train(cfg: RunConfig) -> dict:
     from banyan.train.optim import build_optimizer
 
     env = DistEnv.from_env(cfg.train.device)
-    out, resume_from = prepare_out_dir(cfg, env)
-    train_loader, val_loader, tok = open_data(cfg, env)
-    cfg.finalize()
-    n_micro = cfg.grad_accum(env.world_size)
+    with agree_on_errors(env):  # a bad flag on any rank: one message from rank 0, every rank exits
+        out, resume_from = prepare_out_dir(cfg, env)
+        train_loader, val_loader, tok = open_data(cfg, env)
+        cfg.finalize()
+        n_micro = cfg.grad_accum(env.world_size)
+        check_same_config(to_dict(cfg), env)
 
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(env.device)
-    par = parallelize(model, cfg, env)
-    optimizer = build_optimizer(par.raw, cfg.optim, env.device.type)
+    with agree_on_errors(env):
+        par = parallelize(model, cfg, env)
+    optimizer = par.shard_optimizer(build_optimizer(par.raw, cfg.optim, env.device.type))
     loss_fn = causal_lm_loss(cfg.train.chunked_loss)
     nan_at = faults.nan_from_step()
     if nan_at is not None:
@@ -187,7 +196,8 @@ def train(cfg: RunConfig) -> dict:
     state = {"tokens": 0, "bad_in_row": 0, "elapsed_s": 0.0}
     start = 0
     if resume_from is not None:
-        state.update(ckpt.load_checkpoint(resume_from, par.raw, optimizer, cfg))
+        with agree_on_errors(env):
+            state.update(dist_ckpt.load(resume_from, par, optimizer, cfg, env))
         start = state.pop("step")
         trim_metrics(out / "metrics.jsonl", start) if env.is_main else None
     if env.is_main:
@@ -200,11 +210,9 @@ def train(cfg: RunConfig) -> dict:
 
     def save(step: int) -> Path | None:
         trainer_state = {**state, "data_position": {"next_step": step, "seed": cfg.train.seed}}
-        path = ckpt.save_checkpoint(out, step, par.raw, optimizer, trainer_state, cfg,
-                                    Path(cfg.data.path) / "tokenizer.json", cfg.checkpoint.keep_last) \
-            if env.is_main else None
-        env.barrier()
-        return path
+        # every rank takes part (sharded DCP checkpoint when distributed, safetensors otherwise)
+        return dist_ckpt.save(out, step, par, optimizer, trainer_state, cfg, Path(cfg.data.path) / "tokenizer.json",
+                              cfg.checkpoint.keep_last, env)
 
     last_val = (math.nan, math.nan)
     bar = _progress(cfg, start, env)
@@ -252,7 +260,7 @@ def train(cfg: RunConfig) -> dict:
                 t_last = time.perf_counter()  # keep eval time out of tokens/s
             if record:
                 logger.log(record)
-            if env.is_main and cfg.train.sample_every and step % cfg.train.sample_every == 0 and par.strategy in ("single", "ddp"):
+            if env.is_main and cfg.train.sample_every and step % cfg.train.sample_every == 0 and par.full_model_on_each_rank:
                 text = sample_text(par.raw, tok, cfg.train.sample_prompt, cfg.train.sample_tokens, cfg.train.seed, env.device)
                 bar.write(f"--- sample at step {step} ---\n{text}\n---")
                 logger.text("sample", text, step)
@@ -264,7 +272,7 @@ def train(cfg: RunConfig) -> dict:
             if stop.signal is not None:
                 if env.is_main:
                     bar.write(f"received {signal.Signals(stop.signal).name}: checkpoint written at step {step}; "
-                              f"resume with --resume")
+                              f"resume with --resume", file=sys.stderr)
                 break
     bar.close()
     logger.close()

@@ -17,7 +17,7 @@ from banyan.train import checkpoint as ckpt
 from banyan.train.metrics import read_metrics
 from banyan.train.pretrain import train
 
-from .conftest import cli_args, tiny_run
+from trainkit import cli_args, tiny_run
 
 
 def run_cli(args, env_extra=None, **kw):
@@ -39,10 +39,10 @@ def test_overfits_a_fixed_batch():
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=50, n_layer=2, n_head=2, d_model=32, max_seq_len=32))
-    opt = build_optimizer(model, OptimConfig(lr=1e-2, weight_decay=0.0))
+    opt = build_optimizer(model, OptimConfig(lr=2e-2, weight_decay=0.0))
     x = torch.randint(0, 50, (4, 17))
     first = None
-    for _ in range(150):
+    for _ in range(60):
         r = train_step(model, opt, [(x[:, :-1], x[:, 1:])], 1, causal_lm_loss(), 1.0)
         first = first if first is not None else r.loss
     assert first > 3.5 and r.loss < 0.3, (first, r.loss)
@@ -145,19 +145,28 @@ def test_crash_mid_checkpoint_keeps_previous(tiny_data, tmp_path, monkeypatch):
     ckpt.load_checkpoint(good, model, None, cfg)  # still loadable
 
 
-def test_bad_inputs(tiny_data, tmp_path):
+def test_bad_inputs(tiny_data, tmp_path, capsys):
+    from banyan.cli import main
+
+    def err(args):
+        rc = main(args)
+        return rc, capsys.readouterr().err
+
     # missing data folder
-    r = run_cli(cli_args(tmp_path / "nope", tmp_path / "o1"))
-    assert r.returncode == 2 and "banyan data prepare" in r.stderr
+    rc, e = err(cli_args(tmp_path / "nope", tmp_path / "o1"))
+    assert rc == 2 and "banyan data prepare" in e
     # global batch that does not divide into micro-batches
-    r = run_cli(cli_args(tiny_data, tmp_path / "o2", ["--train.global_batch_tokens", "1000"]))
-    assert r.returncode == 2 and "global_batch_tokens" in r.stderr
+    rc, e = err(cli_args(tiny_data, tmp_path / "o2", ["--train.global_batch_tokens", "1000"]))
+    assert rc == 2 and "global_batch_tokens" in e
     # --resume with no checkpoint
-    r = run_cli(cli_args(tiny_data, tmp_path / "o3", ["--resume"]))
-    assert r.returncode == 2 and "no complete checkpoint" in r.stderr
-    # model vocab smaller than the data's tokenizer
-    r = run_cli(cli_args(tiny_data, tmp_path / "o4", ["--model.vocab_size", "3"]))
-    assert r.returncode == 2 and "vocab_size" in r.stderr
+    rc, e = err(cli_args(tiny_data, tmp_path / "o3", ["--resume"]))
+    assert rc == 2 and "no complete checkpoint" in e
+    # model vocab smaller than the data's tokenizer (data made for another tokenizer)
+    rc, e = err(cli_args(tiny_data, tmp_path / "o4", ["--model.vocab_size", "3"]))
+    assert rc == 2 and "vocab_size" in e
+    # and the real process exits non-zero with one line
+    r = run_cli(cli_args(tmp_path / "nope", tmp_path / "o5"))
+    assert r.returncode == 2 and r.stderr.strip().count("\n") == 0
 
 
 def test_incompatible_checkpoint_and_no_overwrite(tiny_data, tmp_path):

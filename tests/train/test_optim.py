@@ -1,0 +1,152 @@
+"""Optimizers: param groups, 8-bit AdamW vs fp32 AdamW, Muon, exact state round-trips, state bytes."""
+
+import copy
+import io
+import sys
+
+import pytest
+import torch
+
+from banyan.cli import BanyanError
+from banyan.config import ModelConfig, OptimConfig
+from banyan.losses import lm_loss
+from banyan.model import build_model
+from banyan.train.optim import MuonAdamW, build_optimizer, optimizer_state_bytes, tensor_bytes
+from banyan.train.schedule import set_lr
+
+# d_model 128 with 2 KV heads makes every matrix >= 4096 values, so bitsandbytes quantises all of them
+CFG = dict(arch="llama", vocab_size=512, n_layer=2, n_head=4, n_kv_head=2, d_model=128, max_seq_len=32)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast, and immune to oversubscription on a busy 2-core box."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tiny(**kw):
+    torch.manual_seed(0)
+    return build_model(ModelConfig(**{**CFG, **kw}))
+
+
+def batch(seed=1, b=4, t=16):
+    return torch.randint(0, CFG["vocab_size"], (b, t + 1), generator=torch.Generator().manual_seed(seed))
+
+
+def step(model, opt, x):
+    loss = lm_loss(model.hidden_states(x[:, :-1]), model.output_weight(), x[:, 1:])
+    loss.backward()
+    opt.step()
+    opt.zero_grad(set_to_none=True)
+    return loss.item()
+
+
+def test_param_groups_decay_matrices_and_embeddings_not_norms():
+    model = tiny(tie_embeddings=True)
+    opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.1))
+    groups = {g["name"]: g for g in opt.param_groups}
+    assert groups["decay"]["weight_decay"] == 0.1 and groups["no_decay"]["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in groups["decay"]["params"])
+    assert any(p is model.model.embed_tokens.weight for p in groups["decay"]["params"])  # nanoGPT convention
+    assert all(p.ndim == 1 for p in groups["no_decay"]["params"])
+    n_opt = sum(p.numel() for g in opt.param_groups for p in g["params"])
+    assert n_opt == model.num_params()  # the tied head is counted once
+    assert all(g["initial_lr"] == 1e-3 for g in opt.param_groups)
+
+
+def test_adamw8bit_matches_adamw_with_quarter_of_the_state():
+    x = batch()
+    losses, per_param = {}, {}
+    for name in ("adamw", "adamw8bit"):
+        model = tiny()
+        opt = build_optimizer(model, OptimConfig(name=name, lr=3e-3))
+        losses[name] = [step(model, opt, x) for _ in range(12)]
+        per_param[name] = optimizer_state_bytes(opt) / model.num_params()
+        if name == "adamw8bit":
+            state = opt.state[model.model.layers[0].self_attn.k_proj.weight]
+            assert state["state1"].dtype == torch.uint8 and state["state2"].dtype == torch.uint8
+    assert losses["adamw8bit"][-1] < 0.5 * losses["adamw8bit"][0]  # it learns
+    assert abs(losses["adamw8bit"][-1] - losses["adamw"][-1]) < 0.05 * losses["adamw"][-1]
+    assert per_param["adamw8bit"] <= 2.1
+    assert 8.0 <= per_param["adamw"] < 8.01
+
+
+@pytest.mark.parametrize("name", ["adamw", "adamw8bit", "muon"])
+def test_state_dict_round_trip_gives_identical_next_step(name):
+    model = tiny()
+    opt = build_optimizer(model, OptimConfig(name=name, lr=3e-3))
+    for s in range(2):
+        step(model, opt, batch(s))
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    loaded = torch.load(buf, weights_only=True)
+    twin = copy.deepcopy(model)
+    opt2 = build_optimizer(twin, OptimConfig(name=name, lr=3e-3))
+    opt2.load_state_dict(loaded)
+    assert optimizer_state_bytes(opt2) == optimizer_state_bytes(opt)  # 8-bit stays 8-bit
+    if name == "muon":  # the schedule must still reach the inner optimizers' (new) group dicts
+        assert opt2.param_groups[0] is opt2.muon.param_groups[0]
+        assert opt2.param_groups[-1] is opt2.adamw.param_groups[-1]
+    step(model, opt, batch(7))
+    step(twin, opt2, batch(7))
+    for (n, a), b in zip(model.named_parameters(), twin.parameters()):
+        assert torch.equal(a, b), n
+
+
+def test_muon_trains_hidden_matrices_and_follows_the_schedule():
+    model = tiny()
+    cfg = OptimConfig(name="muon", lr=3e-3, muon_lr=0.02)
+    opt = build_optimizer(model, cfg)
+    assert isinstance(opt, MuonAdamW) and isinstance(opt, torch.optim.Optimizer)
+    muon_ids = {id(p) for p in opt.muon.param_groups[0]["params"]}
+    assert id(model.model.layers[0].mlp.up_proj.weight) in muon_ids
+    assert id(model.model.embed_tokens.weight) not in muon_ids and id(model.lm_head.weight) not in muon_ids
+    set_lr(opt, 0.5)
+    assert opt.muon.param_groups[0]["lr"] == pytest.approx(0.01)
+    assert opt.adamw.param_groups[0]["lr"] == pytest.approx(1.5e-3)
+    set_lr(opt, 1.0)
+    x = batch()
+    losses = [step(model, opt, x) for _ in range(12)]
+    assert losses[-1] < 0.5 * losses[0]
+    # Muon keeps one fp32 momentum per matrix value; AdamW two moments + a step per tensor
+    matrices = sum(p.numel() for p in opt.muon.param_groups[0]["params"])
+    rest = [p for g in opt.adamw.param_groups for p in g["params"]]
+    assert optimizer_state_bytes(opt) == 4 * matrices + sum(8 * p.numel() + 4 for p in rest)
+
+
+def test_tensor_bytes_counts_shared_storage_once():
+    a = torch.zeros(10)
+    assert tensor_bytes([a, a[:5], torch.zeros(3, dtype=torch.uint8)]) == 43
+
+
+def test_missing_bitsandbytes_names_the_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "bitsandbytes", None)  # makes `import bitsandbytes` raise ImportError
+    with pytest.raises(BanyanError, match=r"banyan-lm\[optim8bit\]"):
+        build_optimizer(tiny(), OptimConfig(name="adamw8bit"))
+
+
+@pytest.mark.slow
+def test_torchao_adamw8bit_trains_and_round_trips():  # its first step compiles (~1 min on 2 cores)
+    model = tiny()
+    opt = build_optimizer(model, OptimConfig(name="adamw8bit-torchao", lr=3e-3))
+    set_lr(opt, 0.5)  # plain floats in the groups, as the schedule writes them
+    x = batch()
+    losses = [step(model, opt, x) for _ in range(6)]
+    assert losses[-1] < losses[0]
+    assert all(isinstance(g["lr"], float) for g in opt.param_groups)
+    assert optimizer_state_bytes(opt) / model.num_params() < 2.2
+    buf = io.BytesIO()
+    torch.save(opt.state_dict(), buf)
+    buf.seek(0)
+    twin = copy.deepcopy(model)
+    opt2 = build_optimizer(twin, OptimConfig(name="adamw8bit-torchao", lr=3e-3))
+    opt2.load_state_dict(torch.load(buf, weights_only=True))
+    set_lr(opt2, 0.5)
+    step(model, opt, batch(3))
+    step(twin, opt2, batch(3))
+    for a, b in zip(model.parameters(), twin.parameters()):
+        assert torch.equal(a, b)
