@@ -1,0 +1,138 @@
+"""What every algorithm's training loop shares: evaluation episodes, checkpoints, metrics, the summary.
+
+An algorithm (ppo.py, dqn.py) builds its networks and collector, then calls `run.after_batch(step,
+metrics)` once per collected batch; `Run` decides when to evaluate (every `eval_every` env steps, and at
+the end), when to checkpoint, and keeps the clock: samples/s counts training time only (collection +
+updates), not the evaluation episodes.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from banyan.rl.logs import MetricsLogger, write_json
+
+
+@torch.no_grad()
+def evaluate(env, policy, episodes: int, max_steps: int = 100_000) -> np.ndarray:
+    """Return of the first episode of each of the env's K sub-envs (K = episodes), acting greedily.
+
+    env: batched TorchRL env with batch size [episodes]; policy: TensorDictModule writing `action`.
+    """
+    from torchrl.envs.utils import ExplorationType, set_exploration_type
+
+    n = env.batch_size[0]
+    assert n == episodes, (n, episodes)
+    returns = torch.zeros(n)
+    finished = torch.zeros(n, dtype=torch.bool)
+    td = env.reset()
+    with set_exploration_type(ExplorationType.DETERMINISTIC):
+        for _ in range(max_steps):
+            td = policy(td)
+            td, td_next = env.step_and_maybe_reset(td)
+            reward = td["next", "reward"].reshape(n)
+            returns += torch.where(finished, 0.0, reward)
+            finished |= td["next", "done"].reshape(n)
+            if finished.all():
+                break
+            td = td_next
+    return returns.numpy()
+
+
+class Run:
+    """Evaluation schedule, checkpoints and metrics of one training run."""
+
+    def __init__(self, cfg, out: str | Path, eval_env, eval_policy, modules: dict[str, nn.Module],
+                 threshold: float | None, logger: MetricsLogger):
+        self.cfg, self.out = cfg, Path(out)
+        self.eval_env, self.eval_policy, self.modules = eval_env, eval_policy, modules
+        self.threshold, self.logger = threshold, logger
+        self.next_eval = cfg.eval_every if cfg.eval_every > 0 else cfg.steps
+        self.next_ckpt = cfg.checkpoint_every if cfg.checkpoint_every > 0 else cfg.steps
+        self.start = time.perf_counter()
+        self.eval_time = 0.0
+        self.evals: list[tuple[int, float, float]] = []  # (step, mean, std)
+        self.steps_to_solve: int | None = None
+        self.train_returns: list[float] = []
+        self.step = 0
+
+    # ------------------------------------------------------------------ clock
+    def train_seconds(self) -> float:
+        return time.perf_counter() - self.start - self.eval_time
+
+    def sps(self) -> float:
+        return self.step / max(self.train_seconds(), 1e-9)
+
+    # ------------------------------------------------------------------ per batch
+    def after_batch(self, step: int, episode_returns: torch.Tensor, **metrics: float) -> bool:
+        """Log a batch; evaluate/checkpoint when due. Returns True when training should stop."""
+        self.step = step
+        self.train_returns += episode_returns.flatten().tolist()
+        recent = self.train_returns[-20:]
+        self.logger.log("train", step, episode_return=np.mean(recent) if recent else float("nan"),
+                        episodes=len(self.train_returns), sps=self.sps(), **metrics)
+        done = step >= self.cfg.steps
+        if step >= self.next_eval or done:
+            self.evaluate(step)
+            while self.next_eval <= step:
+                self.next_eval += self.cfg.eval_every if self.cfg.eval_every > 0 else self.cfg.steps
+        if step >= self.next_ckpt and not done:
+            self.checkpoint(step)
+            while self.next_ckpt <= step:
+                self.next_ckpt += self.cfg.checkpoint_every
+        return self.cfg.stop_on_solve and self.steps_to_solve is not None
+
+    def evaluate(self, step: int) -> float:
+        t0 = time.perf_counter()
+        returns = evaluate(self.eval_env, self.eval_policy, self.cfg.eval_episodes)
+        self.eval_time += time.perf_counter() - t0
+        mean, std = float(returns.mean()), float(returns.std())
+        self.evals.append((step, mean, std))
+        if self.threshold is not None and self.steps_to_solve is None and mean >= self.threshold:
+            self.steps_to_solve = step
+        self.logger.log("eval", step, return_mean=mean, return_std=std, return_min=float(returns.min()),
+                        return_max=float(returns.max()))
+        if self.cfg.verbose:
+            solved = f"  solved at {self.steps_to_solve}" if self.steps_to_solve is not None else ""
+            print(f"step {step:>8}  eval return {mean:8.1f} ± {std:6.1f}  {self.sps():7.0f} samples/s{solved}",
+                  flush=True)
+        return mean
+
+    # ------------------------------------------------------------------ checkpoints
+    def checkpoint(self, step: int, name: str | None = None) -> Path:
+        """All networks' weights in one safetensors file (keys `module.param`), written atomically."""
+        from safetensors.torch import save_file
+
+        tensors = {f"{m}.{k}": v.detach().contiguous().clone()
+                   for m, mod in self.modules.items() for k, v in mod.state_dict().items()}
+        path = self.out / "checkpoints" / (name or f"step_{step:08d}.safetensors")
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        save_file(tensors, str(tmp), metadata={"step": str(step), "algo": self.cfg.algo, "env": self.cfg.env,
+                                                "policy": self.cfg.policy})
+        tmp.replace(path)
+        olds = sorted(p for p in path.parent.glob("step_*.safetensors"))
+        for old in olds[:-self.cfg.keep_checkpoints] if self.cfg.keep_checkpoints > 0 else []:
+            old.unlink()
+        return path
+
+    def finish(self, n_params: int) -> dict:
+        """Final checkpoint and summary.json; returns the summary."""
+        self.checkpoint(self.step, "final.safetensors")
+        last = self.evals[-1] if self.evals else (self.step, float("nan"), float("nan"))
+        summary = {
+            "algo": self.cfg.algo, "env": self.cfg.env, "policy": self.cfg.policy, "seed": self.cfg.seed,
+            "env_steps": self.step, "final_return_mean": last[1], "final_return_std": last[2],
+            "best_return_mean": max(e[1] for e in self.evals) if self.evals else float("nan"),
+            "reward_threshold": self.threshold, "steps_to_solve": self.steps_to_solve,
+            "wall_seconds": time.perf_counter() - self.start, "train_seconds": self.train_seconds(),
+            "samples_per_second": self.sps(), "policy_params": n_params,
+            "evals": [{"step": s, "return_mean": m, "return_std": sd} for s, m, sd in self.evals],
+        }
+        write_json(self.out / "summary.json", summary)
+        return summary

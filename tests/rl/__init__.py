@@ -1,0 +1,1 @@
+"""Tests of banyan.rl (the RL lab)."""
