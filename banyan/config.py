@@ -218,6 +218,8 @@ class ParallelConfig:
     """Launch this many local processes through torchrun (0: run in this process)."""
     mixed_precision: bool = False
     """FSDP: bf16 parameters with fp32 gradient reduction."""
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    """FSDP with mixed_precision: dtype of the gradient reduce-scatter/all-reduce."""
     cpu_offload: bool = False
     """FSDP: keep parameters and optimizer state in CPU memory."""
     bucket_mb: int = 25

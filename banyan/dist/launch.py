@@ -1,10 +1,33 @@
-"""`--parallel.nproc N`: re-launch this very command under torchrun with N local processes."""
+"""`--nproc N` / `--parallel.nproc N`: re-launch this very command under torchrun with N local processes.
+
+    banyan pretrain --nproc 4 ...   ==   torchrun --standalone --nproc_per_node 4 -m banyan pretrain ...
+
+The child processes see LOCAL_RANK (set by torchrun) and so do not launch again. Multi-node
+jobs call torchrun directly with a c10d rendezvous (docs/multi-gpu.md, examples/multinode/).
+"""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+
+
+def under_torchrun() -> bool:
+    return "LOCAL_RANK" in os.environ
+
+
+def alias_nproc(argv: list[str]) -> list[str]:
+    """Rewrite the short `--nproc N` (or `--nproc=N`) into the config key `--parallel.nproc N`."""
+    out = []
+    for a in argv:
+        if a == "--nproc":
+            out.append("--parallel.nproc")
+        elif a.startswith("--nproc="):
+            out.append("--parallel.nproc=" + a.split("=", 1)[1])
+        else:
+            out.append(a)
+    return out
 
 
 def torchrun_command(nproc: int, args: list[str], nnodes: int = 1, rdzv_endpoint: str | None = None,
@@ -20,7 +43,14 @@ def torchrun_command(nproc: int, args: list[str], nnodes: int = 1, rdzv_endpoint
 
 
 def launch_torchrun(nproc: int, args: list[str], **kw) -> int:
-    """Run `python -m torch.distributed.run --nproc_per_node N -m banyan ARGS`; returns its exit code."""
+    """Run `python -m torch.distributed.run --nproc_per_node N -m banyan ARGS`; returns its exit code.
+
+    OMP_NUM_THREADS defaults to cores / N so N CPU ranks do not oversubscribe the machine.
+    """
+    if nproc < 1:
+        from banyan.config import ConfigError
+
+        raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     cmd = torchrun_command(nproc, args, **kw)
     print("launching:", " ".join(cmd), file=sys.stderr)
     env = dict(os.environ)

@@ -131,6 +131,13 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
     if tokenizer_file is not None and Path(tokenizer_file).is_file():
         shutil.copy2(tokenizer_file, tmp / "tokenizer.json")
     (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
+    return publish_checkpoint(tmp, final, run_dir, keep_last)
+
+
+def publish_checkpoint(tmp: Path, final: Path, run_dir: str | Path, keep_last: int) -> Path:
+    """Rename a fully written `tmp` folder to `final`, point `latest` at it, prune old ones (also used
+    by banyan.train.dist_checkpoint for sharded checkpoints)."""
+    root = checkpoint_root(run_dir)
     if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
         old = final.with_name(final.name + f".old-{os.getpid()}")
         os.replace(final, old)
@@ -162,6 +169,9 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     saved_cfg = read_saved_config(RunConfig, path / "config.toml")
     if cfg is not None:
         check_compatible(saved_cfg.model.finalize(), cfg.model, path)
+    if not (path / "model.safetensors").is_file() and (path / "dcp").is_dir():
+        raise CheckpointError(f"checkpoint {path} is sharded (written by a multi-process run); resume it with "
+                              f"`banyan pretrain --resume` or merge it first: banyan checkpoint consolidate {path}")
     missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
     if missing or unexpected:
         raise CheckpointError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "

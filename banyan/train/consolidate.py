@@ -1,0 +1,80 @@
+"""`banyan checkpoint consolidate`: merge a sharded (DCP) checkpoint into one model.safetensors.
+
+    banyan checkpoint consolidate runs/big                       # its latest checkpoint, in place
+    banyan checkpoint consolidate runs/big/checkpoints/step_000400 --out model.safetensors --dtype bf16
+
+The model is rebuilt from the checkpoint's config.toml on the meta device (no memory, no init),
+materialised empty on the CPU, and DCP reads every shard into it in one process (no torchrun, any
+number of ranks wrote it). Tied weights are stored once, as in single-process checkpoints, so the
+result loads with `banyan sample CKPT` and the HF export like any other checkpoint. Written atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import save_model
+
+from banyan.config import RunConfig, read_saved_config
+from banyan.train.checkpoint import CheckpointError, resolve_checkpoint
+from banyan.train.dist_checkpoint import DCP_DIR, SafeLoadPlanner, error_summary, is_sharded
+
+DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def consolidate(path: str | Path, out: str | Path | None = None, dtype: str = "keep") -> Path:
+    """Write the model weights of a sharded checkpoint as one safetensors file; returns its path."""
+    from banyan.model import build_model
+
+    ckpt = resolve_checkpoint(path)
+    if not is_sharded(ckpt):
+        raise CheckpointError(f"checkpoint {ckpt} is not sharded (no {DCP_DIR}/.metadata): it was written by one "
+                              f"process and its model.safetensors is already the consolidated form")
+    if dtype not in DTYPES:
+        raise CheckpointError(f"--dtype expects one of {list(DTYPES)}, got {dtype!r}")
+    cfg = read_saved_config(RunConfig, ckpt / "config.toml")
+    with torch.device("meta"):
+        model = build_model(cfg.model)
+    tied = _shared_names(model)
+    model = model.to_empty(device="cpu")  # meta -> cpu makes a new tensor per name: tie them again
+    for names in tied:
+        for name in names[1:]:
+            owner, _, attr = name.rpartition(".")
+            setattr(model.get_submodule(owner), attr, model.get_parameter(names[0]))
+    state = {"model": model.state_dict()}  # tensors that share storage with the parameters: loaded in place
+    try:
+        dcp.load(state, checkpoint_id=str(ckpt / DCP_DIR), planner=SafeLoadPlanner())
+    except Exception as e:  # noqa: BLE001 - DCP wraps the real cause (missing key, shape) in CheckpointException
+        raise CheckpointError(f"checkpoint {ckpt} does not match the model in its config.toml: "
+                              f"{error_summary(e)}") from None
+    if DTYPES[dtype] is not None:
+        model = model.to(DTYPES[dtype])
+    target = Path(out) if out else ckpt / "model.safetensors"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
+    save_model(model, str(tmp))
+    os.replace(tmp, target)
+    return target
+
+
+def _shared_names(model: torch.nn.Module) -> list[list[str]]:
+    """Names that refer to one parameter (tied embedding and head), grouped."""
+    by_id: dict[int, list[str]] = {}
+    for name, p in model.named_parameters(remove_duplicate=False):
+        by_id.setdefault(id(p), []).append(name)
+    return [names for names in by_id.values() if len(names) > 1]
+
+
+def main(argv: list[str]) -> int:
+    ap = argparse.ArgumentParser(prog="banyan checkpoint consolidate", description=__doc__.split("\n\n")[0])
+    ap.add_argument("path", help="a checkpoint folder (step_N) or a run folder (its latest checkpoint)")
+    ap.add_argument("--out", default=None, help="output file (default: CHECKPOINT/model.safetensors)")
+    ap.add_argument("--dtype", default="keep", choices=list(DTYPES), help="cast the weights (default: as saved)")
+    args = ap.parse_args(argv)
+    target = consolidate(args.path, args.out, args.dtype)
+    print(f"wrote {target} ({target.stat().st_size / 2**20:.1f} MiB)")
+    return 0

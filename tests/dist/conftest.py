@@ -1,0 +1,48 @@
+"""Fixtures for tests/dist: a tiny prepared corpus, the single-process reference run, and one spawn of
+2 gloo ranks that runs every in-process multi-rank scenario (see dist_helpers.worker)."""
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from dist_helpers import free_port, spawn, tiny_run, worker  # noqa: E402
+
+TEXT = ("KING RICHARD:\nNow is the winter of our discontent made glorious summer by this sun.\n\n"
+        "GLOUCESTER:\nAnd all the clouds that lour'd upon our house in the deep bosom of the ocean buried.\n\n") * 30
+
+
+@pytest.fixture(scope="session")
+def dist_data(tmp_path_factory):
+    from banyan.data.prepare import PrepareConfig, prepare
+
+    root = tmp_path_factory.mktemp("dist_corpus")
+    src = root / "src"
+    src.mkdir()
+    for i in range(6):
+        (src / f"doc{i}.txt").write_text(TEXT[i * 40:] + f"\nDocument {i}.\n")
+    out = root / "data"
+    prepare(PrepareConfig(source=str(src), out=str(out), tokenizer="char", val_fraction=0.3, workers=1))
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference(dist_data, tmp_path_factory):
+    """One process, micro_batch 4: the same global batch as 2 ranks x 2 (or 4 ranks x 1)."""
+    from banyan.train.pretrain import train
+
+    out = tmp_path_factory.mktemp("dist_ref") / "single"
+    train(tiny_run(dist_data, out, 4, "single"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def spawned(dist_data, tmp_path_factory):
+    """Run dist_helpers.worker on 2 spawned gloo ranks; returns (root folder, per-rank scenario outcomes)."""
+    root = tmp_path_factory.mktemp("dist_spawned")
+    spawn(worker, (2, free_port(), str(dist_data), str(root)), nprocs=2, timeout=300)
+    results = [json.loads((root / f"results_rank{r}.json").read_text()) for r in range(2)]
+    return root, results
