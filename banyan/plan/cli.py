@@ -127,7 +127,7 @@ def render(d: dict, plan_rows, hw_note: str) -> None:
     con.print(t)
     con.print("memory per GPU in GB (2^30 B); not-fitting rows show micro-batch 1. 'comm s' is communication "
               "not hidden behind compute; 'buffers' include bf16 weight copies and logits; total adds 1 GB CUDA "
-              "context + 5% fragmentation.", style="dim")
+              "context + 5% fragmentation; zero3 assumes FSDP mixed precision (bf16 gathers).", style="dim")
     rec = d["recommendation"]
     if rec:
         con.print(f"[bold green]Recommendation:[/] {escape(rec['why'])}")

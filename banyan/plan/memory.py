@@ -28,18 +28,20 @@ autocast, 4 in fp32) and r = 4 (the residual stream stays fp32 under autocast):
     gpt2 attention   r*D + 8 + e*D (LayerNorm input, mean, rstd; c_attn input) + 3*e*D (qkv) + e*D + 4*H
     gpt2 MLP         r*D + 8 + e*D + 2*e*F (c_fc output, GELU output)
 
-Attention is flash/efficient SDPA: no T x T matrix is saved. With activation checkpointing a
+Attention is flash/efficient SDPA: no T x T matrix is saved (if a GQA kernel expands k/v to all
+heads, 2*e*(D - Dkv) more per token are saved). Llama's RoPE cos/sin [T, head_dim] are saved once
+(fp32) or as bf16 casts per layer; GPT-2 saves its int64 positions. With activation checkpointing a
 checkpointed block keeps only its input (r*D per token) and one block is live again while it is
 recomputed in backward. The loss saves log_softmax's output (4*V per position) unless chunked.
 
 Buffers (transient or non-activation memory at the peak, the start of backward):
   * bf16 weight copies made by autocast and saved for backward (2 B per matmul weight of the
     non-checkpointed blocks, plus one block being recomputed, plus the head); under ZeRO-3 the
-    gathered bf16 weights of two blocks (current + prefetched) and of the embedding/head
+    gathered bf16 weights of two blocks (current + prefetched) and of the embedding/head - this
+    assumes FSDP mixed precision (`parallel.mixed_precision = true`: bf16 params, fp32 reduction)
   * ZeRO-2/3: one block's unsharded fp32 grads waiting for their reduce-scatter (x2 for overlap)
   * the logits: bf16 logits + their fp32 copy + the fp32 gradient, [tokens, V] (chunked: [chunk, V]);
     the chunked loss also holds a fp32 [V, D] weight-grad accumulator
-  * RoPE cos/sin [T, head_dim] (fp32, and bf16 casts per layer)
   * on CUDA, a fixed 1.0 GiB for the CUDA context, cuBLAS workspaces and NCCL buffers, plus 5%
     of activations + buffers for allocator fragmentation.
 """

@@ -194,12 +194,17 @@ class Plan:
 
 
 def _why(best: Row, rows: list[Row], cap_gb: float) -> str:
-    head = (f"{best.label} is the fastest configuration that fits: {best.tokens_per_s:,.0f} tok/s using "
+    fsdp = " (with parallel.mixed_precision = true)" if best.strategy == "zero3" else ""
+    head = (f"{best.label}{fsdp} is the fastest configuration that fits: {best.tokens_per_s:,.0f} tok/s using "
             f"{best.mem_gb['total']:.1f} of {cap_gb:g} GB at micro-batch {best.micro_batch} x {best.accum} accumulation")
     others = [r for r in rows if r.fits and (r.strategy, r.ac) != (best.strategy, best.ac)]
     if not others:
         return head + "."
     nxt = max(others, key=lambda r: r.tokens_per_s)
+    gap = 1 - nxt.tokens_per_s / best.tokens_per_s
+    if gap < 0.01:
+        return head + (f"; {nxt.label} is within 1% ({nxt.tokens_per_s:,.0f} tok/s, "
+                       f"{nxt.mem_gb['total']:.1f} GB): take it if you want more memory headroom.")
     diffs = {"activation recompute and compute": nxt.compute_s - best.compute_s,
              "exposed communication": nxt.comm_s - best.comm_s, "the optimizer step": nxt.optim_s - best.optim_s}
     cause, lost = max(diffs.items(), key=lambda kv: kv[1])

@@ -21,8 +21,9 @@ tens-of-MB message sizes here latency is negligible. Overlap (what is *exposed*)
            optimizer step: not overlapped.
   * zero2  reduce-scatter every micro-batch (grads stay sharded), each overlapped with that
            micro-batch's backward; the post-step param all-gather is exposed.
-  * zero3  per micro-batch: all-gather bf16 params for forward and again for backward, reduce-scatter
-           fp32 grads; prefetching overlaps them with compute, and the first block's gather is exposed.
+  * zero3  per micro-batch: all-gather bf16 params for forward and again for backward (FSDP mixed
+           precision, `parallel.mixed_precision = true`), reduce-scatter the grads; prefetching
+           overlaps them with compute, and the first block's gather is exposed.
 """
 
 from __future__ import annotations

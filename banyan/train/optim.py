@@ -60,24 +60,24 @@ def muon_params(model: nn.Module) -> list[nn.Parameter]:
 
 
 class _MergedState(collections.abc.Mapping):
-    """Read-only view of several optimizers' `state` (a ChainMap would insert keys into the
-    inner defaultdicts on every failed lookup, corrupting their state_dict())."""
+    """Read-only view of the inner optimizers' `state`, looked up live (load_state_dict replaces
+    their dicts; a ChainMap would also insert keys into their defaultdicts on failed lookups)."""
 
-    def __init__(self, *maps: dict):
-        self.maps = maps
+    def __init__(self, *optimizers: torch.optim.Optimizer):
+        self.optimizers = optimizers
 
     def __getitem__(self, key):
-        for m in self.maps:
-            if key in m:
-                return m[key]
+        for o in self.optimizers:
+            if key in o.state:
+                return o.state[key]
         raise KeyError(key)
 
     def __iter__(self):
-        for m in self.maps:
-            yield from m
+        for o in self.optimizers:
+            yield from o.state
 
     def __len__(self) -> int:
-        return sum(len(m) for m in self.maps)
+        return sum(len(o.state) for o in self.optimizers)
 
 
 class MuonAdamW(torch.optim.Optimizer):
@@ -92,7 +92,7 @@ class MuonAdamW(torch.optim.Optimizer):
         self.muon, self.adamw = muon, adamw
         # Optimizer.__init__ stores these very dicts; it only adds missing defaults (there are none)
         super().__init__(muon.param_groups + adamw.param_groups, defaults={})
-        self.state = _MergedState(muon.state, adamw.state)  # type: ignore[assignment]
+        self.state = _MergedState(muon, adamw)  # type: ignore[assignment]
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -117,6 +117,8 @@ class MuonAdamW(torch.optim.Optimizer):
                               "was the checkpoint written with another optim.name?")
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
+        # Optimizer.load_state_dict builds new group dicts: point ours at them so set_lr reaches them
+        self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
 
 def _adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:
