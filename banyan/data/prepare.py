@@ -173,8 +173,21 @@ def _encoded_chunks(tok: Tokenizer, chunks: Iterator[list[str]], workers: int):
         return
     import multiprocessing as mp
 
-    # spawn: a fork after HF tokenizers has used its thread pool (BPE training) can deadlock.
-    with mp.get_context("spawn").Pool(workers, initializer=_init_worker, initargs=(tok.to_str(),)) as pool:
+    # fork on Linux: workers start at once and a caller's script without a __main__ guard is not
+    # re-run (spawn would re-import it). HF tokenizers must not use its thread pool in a forked child;
+    # the variable (inherited by the workers) says so and silences its fork warning. Elsewhere spawn
+    # (fork is unsafe on macOS).
+    ctx = mp.get_context("fork" if sys.platform.startswith("linux") else "spawn")
+    saved = os.environ.get("TOKENIZERS_PARALLELISM")
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    try:
+        pool = ctx.Pool(workers, initializer=_init_worker, initargs=(tok.to_str(),))
+    finally:
+        if saved is None:
+            del os.environ["TOKENIZERS_PARALLELISM"]
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = saved
+    with pool:
         pending: deque = deque()
         for docs in chunks:
             pending.append((docs, pool.apply_async(_encode_chunk, (docs,))))
