@@ -127,10 +127,12 @@ def render(d: dict, plan_rows, hw_note: str) -> None:
     con.print(t)
     con.print("memory per GPU in GB (2^30 B); not-fitting rows show micro-batch 1. 'comm s' is communication "
               "not hidden behind compute; 'buffers' include bf16 weight copies and logits; total adds 1 GB CUDA "
-              "context + 5% fragmentation; zero3 assumes FSDP mixed precision (bf16 gathers).", style="dim")
+              "context + 5% fragmentation; zero2/zero3 assume FSDP mixed precision (bf16 gathers).", style="dim")
     rec = d["recommendation"]
     if rec:
         con.print(f"[bold green]Recommendation:[/] {escape(rec['why'])}")
+        con.print(f"  train it with: banyan pretrain --preset {escape(m['name'])} --train.global_batch_tokens "
+                  f"{w['global_batch_tokens']} {escape(' '.join(rec['pretrain_flags']))}", soft_wrap=True)
     else:
         con.print(f"[bold red]{m['name']} does not fit on {h['world']} x {g['name']} with any strategy.[/]")
         for a in d["advice"]:

@@ -14,8 +14,17 @@ fp32 parameters, autocast to bf16). Per parameter, before sharding:
              muon              4 B momentum for the blocks' matrices; AdamW (8 B) for the rest
 
 These are exact for one process: the tests compare them with bytes counted from real tensors.
-Sharding divides them by the world size n: ZeRO-1 the optimizer state, ZeRO-2 also the grads,
-ZeRO-3 also the params (DeepSpeed's definitions, Rajbhandari et al. 2020).
+Strategies as `banyan.dist.parallel` implements them, on n GPUs:
+  * ddp    everything replicated.
+  * zero1  DDP + ZeroRedundancyOptimizer: optimizer state / n.
+  * zero2  FSDP2, reshard_after_forward=False: params, grads, optimizer state / n at rest; the
+           whole model's bf16 params stay gathered from forward to the end of backward.
+  * zero3  FSDP2, reshard_after_forward=True: as zero2 but only ~2 blocks (+ the root unit:
+           embedding, final norm, head) are gathered at a time.
+zero2/zero3 assume FSDP mixed precision (`parallel.mixed_precision = true`: bf16 params, fp32
+reduction). With gradient accumulation the trainer skips the reduce-scatter on all but the last
+micro-batch (FSDP `set_requires_gradient_sync(False)`), so FSDP accumulates *unsharded* grads in
+the reduce dtype: + reduce_bytes * N per GPU whenever accumulation > 1.
 
 Activations are what autograd saves, per token per layer, measured from the banyan models with
 saved-tensor hooks (`banyan plan --validate` re-checks them). With e = compute bytes (2 under bf16
@@ -36,10 +45,9 @@ recomputed in backward. The loss saves log_softmax's output (4*V per position) u
 
 Buffers (transient or non-activation memory at the peak, the start of backward):
   * bf16 weight copies made by autocast and saved for backward (2 B per matmul weight of the
-    non-checkpointed blocks, plus one block being recomputed, plus the head); under ZeRO-3 the
-    gathered bf16 weights of two blocks (current + prefetched) and of the embedding/head - this
-    assumes FSDP mixed precision (`parallel.mixed_precision = true`: bf16 params, fp32 reduction)
-  * ZeRO-2/3: one block's unsharded fp32 grads waiting for their reduce-scatter (x2 for overlap)
+    non-checkpointed blocks, plus one block being recomputed, plus the head) for single/ddp/zero1;
+    zero2: the whole model gathered in bf16; zero3: two blocks (current + prefetched) and the root unit
+  * zero2/zero3: one block's unsharded fp32 grads waiting for their reduce-scatter (x2 for overlap)
   * the logits: bf16 logits + their fp32 copy + the fp32 gradient, [tokens, V] (chunked: [chunk, V]);
     the chunked loss also holds a fp32 [V, D] weight-grad accumulator
   * on CUDA, a fixed 1.0 GiB for the CUDA context, cuBLAS workspaces and NCCL buffers, plus 5%
@@ -209,13 +217,15 @@ def buffer_bytes(cfg: ModelConfig, specs: list[ParamSpec], strategy: str, ac: st
     block_all = sum(s.numel for s in specs if ".layers.0." in s.name or ".h.0." in s.name)
     head = cfg.vocab_size * cfg.d_model
     out = {"weights_bf16": 0.0, "grad_staging": 0.0, "logits": logits_buffer_bytes(cfg, micro_batch * seq, chunk, e)}
-    if e != 4:  # autocast weight copies exist only in mixed precision
-        if strategy == "zero3":
-            embed = sum(s.numel for s in specs if s.kind in ("embed", "pos", "head"))
-            out["weights_bf16"] = e * (2 * block_all + embed)
-        else:
-            c = n_checkpointed(L, ac)
-            out["weights_bf16"] = e * ((L - c) * block_w + (block_w if c else 0) + head)
+    root = sum(s.numel for s in specs if s.kind in ("embed", "pos", "head") or s.name.endswith(("model.norm.weight",
+                                                                                                     "ln_f.weight")))
+    if strategy == "zero2":  # FSDP keeps the whole model gathered (bf16) through forward and backward
+        out["weights_bf16"] = 2 * n_params(specs)
+    elif strategy == "zero3":  # FSDP gathers one block at a time, prefetching the next, plus the root unit
+        out["weights_bf16"] = 2 * (2 * block_all + root)
+    elif e != 4:  # autocast's bf16 weight copies, saved for backward by each matmul
+        c = n_checkpointed(L, ac)
+        out["weights_bf16"] = e * ((L - c) * block_w + (block_w if c else 0) + head)
     if strategy in ("zero2", "zero3"):
         out["grad_staging"] = 4 * 2 * block_all
     return out

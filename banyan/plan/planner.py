@@ -114,17 +114,19 @@ class Row:
         return f"{self.strategy} + {self.optim}, AC {self.ac}"
 
 
-def memory_bytes(work: Workload, strategy: str, optim: str, ac: str, mb: int, n: int, cuda: bool = True) -> dict:
-    """Bytes per GPU by category (params, grads, optim, activations, buffers, overhead, total)."""
+def memory_bytes(work: Workload, strategy: str, optim: str, ac: str, mb: int, n: int, accum: int = 1,
+                 cuda: bool = True) -> dict:
+    """Bytes per GPU by category (params, grads, optim, activations, buffers, overhead, total); memory.py."""
     st = M.static_bytes(work.specs, optim)
-    shard_p = n if strategy == "zero3" else 1
-    shard_g = n if strategy in ("zero2", "zero3") else 1
+    fsdp = strategy in ("zero2", "zero3")
     shard_o = n if strategy in ("zero1", "zero2", "zero3") else 1
+    # FSDP accumulates unsharded grads (reduce dtype) while the trainer skips reduce-scatters
+    unsharded = work.reduce_bytes * M.n_params(work.specs) if fsdp and accum > 1 else 0
     act = M.activation_bytes(work.cfg, mb, work.seq, ac, work.chunk, work.compute_bytes)["total"]
     buf = sum(M.buffer_bytes(work.cfg, work.specs, strategy, ac, mb, work.seq, work.chunk,
                              work.compute_bytes).values())
-    out = {"params": st["params"] / shard_p, "grads": st["grads"] / shard_g, "optim": st["optim"] / shard_o,
-           "activations": act, "buffers": buf,
+    out = {"params": st["params"] / (n if fsdp else 1), "grads": st["grads"] / (n if fsdp else 1) + unsharded,
+           "optim": st["optim"] / shard_o, "activations": act, "buffers": buf,
            "overhead": (M.CUDA_FIXED_BYTES + M.FRAGMENTATION * (act + buf)) if cuda else 0.0}
     out["total"] = sum(out.values())
     return out
@@ -143,10 +145,11 @@ def evaluate(work: Workload, hw: Hardware, strategy: str, optim: str, ac: str) -
     n, cap = hw.world, hw.gpu.mem_gb * M.GiB
     per_gpu = seqs_per_gpu(work, n)
     divisors = [d for d in range(per_gpu, 0, -1) if per_gpu % d == 0]
-    mb = next((d for d in divisors if memory_bytes(work, strategy, optim, ac, d, n)["total"] <= cap), None)
+    mb = next((d for d in divisors if memory_bytes(work, strategy, optim, ac, d, n, per_gpu // d)["total"] <= cap),
+              None)
     fits = mb is not None
     mb = mb or 1
-    mem = memory_bytes(work, strategy, optim, ac, mb, n)
+    mem = memory_bytes(work, strategy, optim, ac, mb, n, per_gpu // mb)
     row = Row(strategy, optim, ac, mb, per_gpu // mb, {k: v / M.GiB for k, v in mem.items()}, fits)
     if not fits:
         return row
@@ -194,7 +197,7 @@ class Plan:
 
 
 def _why(best: Row, rows: list[Row], cap_gb: float) -> str:
-    fsdp = " (with parallel.mixed_precision = true)" if best.strategy == "zero3" else ""
+    fsdp = " (with parallel.mixed_precision = true)" if best.strategy in ("zero2", "zero3") else ""
     head = (f"{best.label}{fsdp} is the fastest configuration that fits: {best.tokens_per_s:,.0f} tok/s using "
             f"{best.mem_gb['total']:.1f} of {cap_gb:g} GB at micro-batch {best.micro_batch} x {best.accum} accumulation")
     others = [r for r in rows if r.fits and (r.strategy, r.ac) != (best.strategy, best.ac)]
@@ -218,13 +221,17 @@ def _advice(work: Workload, hw: Hardware, optims: list[str]) -> list[str]:
     can_shard = "zero3" in SUPPORTED.get(optim, STRATEGIES)
     cap, n = hw.gpu.mem_gb * M.GiB, hw.world
     strat = "single" if n == 1 else ("zero3" if can_shard else "ddp")
-    mem = memory_bytes(work, strat, optim, "full", 1, n)
+    mem = memory_bytes(work, strat, optim, "full", 1, n, seqs_per_gpu(work, n))
     static = mem["params"] + mem["grads"] + mem["optim"]
     out = [f"smallest footprint ({strat} + {optim}, full AC, micro-batch 1) needs {mem['total'] / M.GiB:.1f} GB "
            f"per GPU; a {hw.gpu.name} has {hw.gpu.mem_gb:g} GB"]
     if can_shard:
-        k = next((k for k in range(max(n + 1, 2), 4097)
-                  if memory_bytes(work, "zero3", optim, "full", 1, k)["total"] <= cap), None)
+        def fits_on(k: int) -> bool:
+            if work.global_tokens % (work.seq * k):
+                return False
+            return memory_bytes(work, "zero3", optim, "full", 1, k, seqs_per_gpu(work, k))["total"] <= cap
+
+        k = next((k for k in range(max(n + 1, 2), 4097) if fits_on(k)), None)
         out.append(f"more GPUs: it fits on {k} of them with ZeRO-3 (shards params, grads and optimizer state)" if k
                    else "more GPUs alone will not do: activations and buffers exceed one GPU's memory")
     room = cap - (mem["total"] - static)
@@ -257,6 +264,17 @@ def make_plan(work: Workload, hw: Hardware, optims: list[str], strategies: list[
     return Plan(rows, best, _why(best, rows, hw.gpu.mem_gb), [])
 
 
+def pretrain_flags(work: Workload, row: Row) -> list[str]:
+    """`banyan pretrain` flags that select `row`'s configuration."""
+    flags = ["--parallel.strategy", row.strategy, "--optim.name", row.optim, "--train.micro_batch",
+             str(row.micro_batch), "--train.seq_len", str(work.seq), "--train.activation_checkpointing", row.ac]
+    if row.strategy in ("zero2", "zero3"):
+        flags.append("--parallel.mixed_precision")
+    if work.chunk:
+        flags += ["--train.chunked_loss", str(work.chunk)]
+    return flags
+
+
 def plan_dict(work: Workload, hw: Hardware, plan: Plan) -> dict:
     """JSON-ready summary."""
     cfg = work.cfg
@@ -269,7 +287,8 @@ def plan_dict(work: Workload, hw: Hardware, plan: Plan) -> dict:
         "workload": {"seq": work.seq, "global_batch_tokens": work.global_tokens, "mfu": work.mfu,
                      "chunked_loss": work.chunk, "reduce_bytes": work.reduce_bytes},
         "rows": [asdict(r) for r in plan.rows],
-        "recommendation": (dict(asdict(plan.best), why=plan.why) if plan.best else None),
+        "recommendation": (dict(asdict(plan.best), why=plan.why, pretrain_flags=pretrain_flags(work, plan.best))
+                           if plan.best else None),
         "advice": plan.advice,
     }
 

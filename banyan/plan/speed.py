@@ -17,13 +17,15 @@ the network across nodes (a flat ring is bottlenecked by the NIC). Bandwidth ter
 tens-of-MB message sizes here latency is negligible. Overlap (what is *exposed*):
   * ddp    one all-reduce of fp32 grads per step (no_sync on the other micro-batches), overlapped
            with the last micro-batch's backward; the last bucket (bucket_mb) is always exposed.
-  * zero1  grads reduce-scattered like DDP, then the updated fp32 params all-gathered after the
-           optimizer step: not overlapped.
-  * zero2  reduce-scatter every micro-batch (grads stay sharded), each overlapped with that
-           micro-batch's backward; the post-step param all-gather is exposed.
-  * zero3  per micro-batch: all-gather bf16 params for forward and again for backward (FSDP mixed
-           precision, `parallel.mixed_precision = true`), reduce-scatter the grads; prefetching
-           overlaps them with compute, and the first block's gather is exposed.
+  * zero1  the same all-reduce, then ZeroRedundancyOptimizer broadcasts each rank's updated fp32
+           params: (n-1)/n * 4 B per param after the optimizer step, not overlapped.
+  * zero2  FSDP2: all-gather the bf16 params once per micro-batch (prefetched behind forward),
+           reduce-scatter the grads once per step (the trainer accumulates unsharded grads on the
+           other micro-batches), overlapped with the last backward.
+  * zero3  FSDP2: all-gather bf16 params for forward and again for backward of every micro-batch,
+           reduce-scatter once per step; prefetching overlaps them with compute.
+  In both FSDP cases the first block's gather has nothing to hide behind.
+zero2/zero3 assume FSDP mixed precision (`parallel.mixed_precision = true`: bf16 gathers).
 """
 
 from __future__ import annotations
@@ -90,15 +92,15 @@ def comm_seconds(strategy: str, n: int, n_param: int, block_params: int, n_layer
         t = 2 * ring * grads / bw
         return Comm(t, max(0.0, t - bwd_s) + 2 * ring * bucket / bw)
     if strategy == "zero1":
-        rs, ag = ring * grads / bw, ring * 4 * n_param / bw
-        return Comm(rs + ag, max(0.0, rs - bwd_s) + ring * bucket / bw + ag)
+        ar, bcast = 2 * ring * grads / bw, ring * 4 * n_param / bw
+        return Comm(ar + bcast, max(0.0, ar - bwd_s) + 2 * ring * bucket / bw + bcast)
+    ag, rs = ring * 2 * n_param / bw, ring * grads / bw
+    first = ring * 2 * block_params / bw
     if strategy == "zero2":
-        rs, ag = ring * grads / bw, ring * 4 * n_param / bw
-        exposed = accum * (max(0.0, rs - bwd_s) + ring * bucket / bw) + ag
-        return Comm(accum * rs + ag, exposed)
+        exposed = accum * (max(0.0, ag - fwd_s) + first) + max(0.0, rs - bwd_s)
+        return Comm(accum * ag + rs, exposed)
     if strategy == "zero3":
-        ag, rs = ring * 2 * n_param / bw, ring * grads / bw
-        first = ring * 2 * block_params / bw  # the first block's gather has nothing to hide behind
-        exposed = accum * (max(0.0, ag - fwd_s) + max(0.0, ag + rs - bwd_s) + first)
-        return Comm(accum * (2 * ag + rs), exposed)
+        exposed = accum * (max(0.0, ag - fwd_s) + first) + (accum - 1) * max(0.0, ag - bwd_s) \
+            + max(0.0, ag + rs - bwd_s)
+        return Comm(accum * 2 * ag + rs, exposed)
     raise ValueError(f"unknown strategy {strategy!r}")

@@ -151,8 +151,11 @@ def _torchao_class() -> type:
         group's tensor, steps, and puts the float back.
         """
 
-        def __init__(self, *args, **kwargs):
-            super().__init__(*args, **kwargs)
+        # explicit signature: ZeroRedundancyOptimizer (zero1) rebuilds it from (params, **defaults)
+        def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2, amsgrad=False, *,
+                     block_size=256, bf16_stochastic_round=False):
+            super().__init__(params, lr=lr, betas=betas, eps=eps, weight_decay=weight_decay, amsgrad=amsgrad,
+                             block_size=block_size, bf16_stochastic_round=bf16_stochastic_round)
             self._floats()
 
         def _floats(self) -> None:
