@@ -83,16 +83,29 @@ class _MergedState(collections.abc.Mapping):
 class MuonAdamW(torch.optim.Optimizer):
     """Muon for the blocks' matrices plus AdamW for everything else, as one optimizer.
 
-    `param_groups` is the concatenation of the two inner optimizers' groups (the same dict
-    objects, so setting `group["lr"]` reaches the inner optimizer). `state_dict()` is
-    ``{"muon": ..., "adamw": ...}`` of the inner state dicts.
+    `param_groups` is live: the concatenation of the two inner optimizers' current group dicts, so
+    setting `group["lr"]` reaches them, also after either inner optimizer's load_state_dict (which
+    builds new dicts; DCP loads the parts directly). `state_dict()` is ``{"muon": ..., "adamw": ...}``.
     """
 
     def __init__(self, muon: torch.optim.Optimizer, adamw: torch.optim.Optimizer):
         self.muon, self.adamw = muon, adamw
-        # Optimizer.__init__ stores these very dicts; it only adds missing defaults (there are none)
-        super().__init__(muon.param_groups + adamw.param_groups, defaults={})
+        # Optimizer.__init__ sets up the hook registries LR schedulers and profilers use; the groups
+        # themselves live in the inner optimizers (see the param_groups property)
+        super().__init__([{"params": []}], defaults={})
         self.state = _MergedState(muon, adamw)  # type: ignore[assignment]
+
+    @property
+    def param_groups(self) -> list[dict[str, Any]]:  # type: ignore[override]
+        return self.muon.param_groups + self.adamw.param_groups
+
+    @param_groups.setter
+    def param_groups(self, value) -> None:
+        pass  # Optimizer.__init__ assigns a list here; the inner optimizers own the groups
+
+    def add_param_group(self, param_group: dict[str, Any]) -> None:
+        if param_group.get("params"):
+            raise BanyanError("MuonAdamW: add parameter groups to its .muon or .adamw optimizer")
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -117,8 +130,6 @@ class MuonAdamW(torch.optim.Optimizer):
                               "was the checkpoint written with another optim.name?")
         self.muon.load_state_dict(state_dict["muon"])
         self.adamw.load_state_dict(state_dict["adamw"])
-        # Optimizer.load_state_dict builds new group dicts: point ours at them so set_lr reaches them
-        self.param_groups = self.muon.param_groups + self.adamw.param_groups
 
 
 def _adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:

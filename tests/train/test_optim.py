@@ -89,6 +89,8 @@ def test_state_dict_round_trip_gives_identical_next_step(name):
     opt2.load_state_dict(loaded)
     assert optimizer_state_bytes(opt2) == optimizer_state_bytes(opt)  # 8-bit stays 8-bit
     if name == "muon":  # the schedule must still reach the inner optimizers' (new) group dicts
+        opt2.adamw.load_state_dict(loaded["adamw"])  # as DCP does: the parts, not the wrapper
+        set_lr(opt2, 1.0)
         assert opt2.param_groups[0] is opt2.muon.param_groups[0]
         assert opt2.param_groups[-1] is opt2.adamw.param_groups[-1]
     step(model, opt, batch(7))
