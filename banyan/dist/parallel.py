@@ -177,8 +177,8 @@ def parallelize(model: nn.Module, cfg: RunConfig, env: DistEnv) -> Parallelized:
             for block in model.blocks():
                 block.compile()
         mesh = _fully_shard(model, strategy, cfg, env)
-        if strategy == "hsdp":
-            notes.append(f"hsdp mesh {tuple(mesh.shape)} (replicate x shard)")
+        if strategy == "hsdp":  # pretrain prints notes[0]: say how the ranks were split there
+            notes[0] += f"; mesh {mesh.shape[0]} replicas x {mesh.shape[1]} shards (shard within a node)"
         return Parallelized(model=model, raw=model, strategy=strategy, no_sync=fsdp_no_sync(model), notes=notes,
                             mesh=mesh)
     if cfg.parallel.mixed_precision:

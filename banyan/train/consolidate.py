@@ -16,18 +16,20 @@ import os
 from pathlib import Path
 
 import torch
-import torch.distributed.checkpoint as dcp
 from safetensors.torch import save_model
 
 from banyan.config import RunConfig, read_saved_config
 from banyan.train.checkpoint import CheckpointError, resolve_checkpoint
-from banyan.train.dist_checkpoint import DCP_DIR, SafeLoadPlanner, error_summary, is_sharded
+from banyan.train.dist_checkpoint import (DCP_DIR, error_summary, is_sharded, quiet_single_process,
+                                         safe_load_planner)
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
 def consolidate(path: str | Path, out: str | Path | None = None, dtype: str = "keep") -> Path:
     """Write the model weights of a sharded checkpoint as one safetensors file; returns its path."""
+    import torch.distributed.checkpoint as dcp
+
     from banyan.model import build_model
 
     ckpt = resolve_checkpoint(path)
@@ -47,7 +49,8 @@ def consolidate(path: str | Path, out: str | Path | None = None, dtype: str = "k
             setattr(model.get_submodule(owner), attr, model.get_parameter(names[0]))
     state = {"model": model.state_dict()}  # tensors that share storage with the parameters: loaded in place
     try:
-        dcp.load(state, checkpoint_id=str(ckpt / DCP_DIR), planner=SafeLoadPlanner())
+        with quiet_single_process():
+            dcp.load(state, checkpoint_id=str(ckpt / DCP_DIR), planner=safe_load_planner())
     except Exception as e:  # noqa: BLE001 - DCP wraps the real cause (missing key, shape) in CheckpointException
         raise CheckpointError(f"checkpoint {ckpt} does not match the model in its config.toml: "
                               f"{error_summary(e)}") from None

@@ -20,19 +20,16 @@ the previous checkpoint and `latest` as they were. Multi-node runs need `out` on
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import shutil
+import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed.checkpoint as dcp
 import torch.nn as nn
-from torch.distributed.checkpoint import DefaultLoadPlanner
-from torch.distributed.checkpoint.state_dict import (StateDictOptions, get_model_state_dict,
-                                                     get_optimizer_state_dict, set_model_state_dict,
-                                                     set_optimizer_state_dict)
 
 from banyan.config import RunConfig, read_saved_config, write_config
 from banyan.dist.env import DistEnv
@@ -43,18 +40,37 @@ DCP_DIR = "dcp"
 _WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "module.")
 
 
-class SafeLoadPlanner(DefaultLoadPlanner):
-    """DCP stores non-tensor values (param-group floats, tuples) as torch.save bytes; read them with
-    weights_only=True instead of the default planner's full unpickling."""
+def safe_load_planner():
+    """A DCP load planner that reads non-tensor values (param-group floats, tuples), which DCP stores as
+    torch.save bytes, with weights_only=True instead of the default planner's full unpickling.
+    (Built on first use: importing torch.distributed.checkpoint costs a second or two.)"""
+    from torch.distributed.checkpoint import DefaultLoadPlanner
+    from torch.distributed.checkpoint._nested_dict import set_element
 
-    def load_bytes(self, read_item, value: io.BytesIO) -> None:
-        obj = torch.load(value, weights_only=True)
-        if self.flatten_state_dict:
-            from torch.distributed.checkpoint._nested_dict import set_element
+    class SafeLoadPlanner(DefaultLoadPlanner):
+        def load_bytes(self, read_item, value: io.BytesIO) -> None:
+            obj = torch.load(value, weights_only=True)
+            if self.flatten_state_dict:
+                set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
+            else:
+                self.state_dict[read_item.dest_index.fqn] = obj
 
-            set_element(self.original_state_dict, self.mappings[read_item.dest_index.fqn], obj)
-        else:
-            self.state_dict[read_item.dest_index.fqn] = obj
+    return SafeLoadPlanner()
+
+
+@contextlib.contextmanager
+def quiet_single_process():
+    """DCP warns each time it loads without a process group; on one process that is the intended use."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def _dcp():
+    import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint import state_dict as sd
+
+    return dcp, sd
 
 
 def is_sharded(path: str | Path) -> bool:
@@ -151,16 +167,18 @@ def _optim_template(raw: nn.Module, optimizer, fqn_of: dict) -> dict[str, Any]:
     # than taking the decayed lr of the checkpoint as the new peak
     for g in optimizer.param_groups:
         g.setdefault("initial_lr", g["lr"])
-    return get_optimizer_state_dict(raw, _parts(optimizer),
-                                    options=StateDictOptions(flatten_optimizer_state_dict=True))
+    _, sd = _dcp()
+    return sd.get_optimizer_state_dict(raw, _parts(optimizer),
+                                       options=sd.StateDictOptions(flatten_optimizer_state_dict=True))
 
 
 def _apply_optim(raw: nn.Module, optimizer, fqn_of: dict, flat: dict[str, Any], full: bool) -> None:
     if _is_zero(optimizer):
         _zero_apply(optimizer, fqn_of, flat)
         return
-    set_optimizer_state_dict(raw, _parts(optimizer), flat,
-                             options=StateDictOptions(flatten_optimizer_state_dict=True, full_state_dict=full))
+    _, sd = _dcp()
+    sd.set_optimizer_state_dict(raw, _parts(optimizer), flat,
+                                options=sd.StateDictOptions(flatten_optimizer_state_dict=True, full_state_dict=full))
 
 
 # ----------------------------------------------------------------------------- save
@@ -177,8 +195,9 @@ def save(run_dir: str | Path, step: int, par, optimizer, trainer_state: dict[str
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     env.barrier()
+    dcp, sd = _dcp()
     fqn_of = _fqn_of(par.raw)
-    state = {"model": get_model_state_dict(par.raw), "optim": _optim_template(par.raw, optimizer, fqn_of)}
+    state = {"model": sd.get_model_state_dict(par.raw), "optim": _optim_template(par.raw, optimizer, fqn_of)}
     dcp.save(state, checkpoint_id=str(tmp / DCP_DIR))
     torch.save(ckpt.rng_state(), tmp / f"rng_rank{env.rank}.pt")
     env.barrier()
@@ -225,15 +244,17 @@ def load(path: str | Path, par, optimizer, cfg: RunConfig | None, env: DistEnv,
 
 
 def _load_dcp(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
-    state: dict[str, Any] = {"model": get_model_state_dict(raw)}
+    dcp, sd = _dcp()
+    state: dict[str, Any] = {"model": sd.get_model_state_dict(raw)}
     if optimizer is not None:
         state["optim"] = _optim_template(raw, optimizer, fqn_of)
     try:
-        dcp.load(state, checkpoint_id=str(path / DCP_DIR), planner=SafeLoadPlanner())
+        with quiet_single_process():
+            dcp.load(state, checkpoint_id=str(path / DCP_DIR), planner=safe_load_planner())
     except Exception as e:  # DCP wraps per-rank failures (missing keys, shape mismatch) in CheckpointException
         raise CheckpointError(f"checkpoint {path} does not match this model/optimizer: "
                               f"{error_summary(e)}") from None
-    set_model_state_dict(raw, state["model"])
+    sd.set_model_state_dict(raw, state["model"])
     if optimizer is not None:
         _apply_optim(raw, optimizer, fqn_of, state["optim"], full=False)
 
@@ -252,8 +273,9 @@ def _load_full(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
         for n in group:
             if have and n not in weights:
                 weights[n] = weights[have[0]]
+    _, sd = _dcp()
     try:
-        set_model_state_dict(raw, weights, options=StateDictOptions(full_state_dict=True))
+        sd.set_model_state_dict(raw, weights, options=sd.StateDictOptions(full_state_dict=True))
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not match the model: {error_summary(e)}") from None
     if optimizer is None:
