@@ -50,9 +50,11 @@ def build_parser() -> argparse.ArgumentParser:
     _flag(p, "--optim", default="adamw,adamw8bit", help="comma list of adamw, adamw8bit, adamw8bit-torchao, muon")
     _flag(p, "--strategy", help="comma list of ddp, zero1, zero2, zero3 (default all)")
     _flag(p, "--ac", default="none,selective,full", help="comma list of activation checkpointing modes")
-    _flag(p, "--chunked-loss", type=int, help="cross-entropy chunk, positions (default: the recipe's train.chunked_loss)")
+    _flag(p, "--chunked-loss", type=int,
+          help="cross-entropy chunk, positions (default: the recipe's train.chunked_loss)")
     _flag(p, "--reduce-dtype", choices=["fp32", "bf16"], default="fp32", help="gradient reduction dtype")
-    _flag(p, "--vocab-size", type=int, help="vocabulary size when the recipe says 0 (default: from the data's meta.json)")
+    _flag(p, "--vocab-size", type=int,
+          help="vocabulary size when the recipe says 0 (default: from the data's meta.json)")
     _flag(p, "--json", action="store_true", help="print JSON instead of a table")
     _flag(p, "--validate", action="store_true", help="run real train steps here and compare with the prediction")
     _flag(p, "--steps", type=int, default=3, help="--validate: train steps")
@@ -61,7 +63,8 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def load_run_config(model: str | None, config: str | None, vocab_size: int | None, for_validate: bool) -> tuple[RunConfig, str, list[str]]:
+def load_run_config(model: str | None, config: str | None, vocab_size: int | None,
+                    for_validate: bool) -> tuple[RunConfig, str, list[str]]:
     """Recipe from --model/--config, with vocab_size resolved; returns (cfg, display name, notes)."""
     src = config or model
     if not src:

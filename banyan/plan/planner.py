@@ -199,7 +199,8 @@ class Plan:
 def _why(best: Row, rows: list[Row], cap_gb: float) -> str:
     fsdp = " (with parallel.mixed_precision = true)" if best.strategy in ("zero2", "zero3") else ""
     head = (f"{best.label}{fsdp} is the fastest configuration that fits: {best.tokens_per_s:,.0f} tok/s using "
-            f"{best.mem_gb['total']:.1f} of {cap_gb:g} GB at micro-batch {best.micro_batch} x {best.accum} accumulation")
+            f"{best.mem_gb['total']:.1f} of {cap_gb:g} GB at micro-batch {best.micro_batch} x {best.accum} "
+            "accumulation")
     others = [r for r in rows if r.fits and (r.strategy, r.ac) != (best.strategy, best.ac)]
     if not others:
         return head + "."
