@@ -9,7 +9,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from dist_helpers import free_port, spawn, tiny_run, worker  # noqa: E402
+from dist_helpers import ACCUM_TOKENS, free_port, spawn, tiny_run, worker  # noqa: E402
 
 TEXT = ("KING RICHARD:\nNow is the winter of our discontent made glorious summer by this sun.\n\n"
         "GLOUCESTER:\nAnd all the clouds that lour'd upon our house in the deep bosom of the ocean buried.\n\n") * 30
@@ -36,6 +36,16 @@ def reference(dist_data, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("dist_ref") / "single"
     train(tiny_run(dist_data, out, 4, "single"))
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_accum(dist_data, tmp_path_factory):
+    """One process, micro_batch 4, two accumulation micro-steps per optimizer step."""
+    from banyan.train.pretrain import train
+
+    out = tmp_path_factory.mktemp("dist_ref") / "single_accum"
+    train(tiny_run(dist_data, out, 4, "single", train={"global_batch_tokens": ACCUM_TOKENS}))
     return out
 
 

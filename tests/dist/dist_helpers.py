@@ -19,6 +19,7 @@ REPO = Path(__file__).resolve().parents[2]
 STEPS = 10
 TRAIN = {"max_steps": STEPS, "seq_len": 32, "eval_every": 5, "eval_batches": 2, "log_every": 1,
          "sample_every": 0, "device": "cpu"}
+ACCUM_TOKENS = 2 * 4 * 32  # two micro-steps of 4 sequences x 32 tokens per optimizer step
 MODEL = {"arch": "llama", "n_layer": 2, "n_head": 2, "n_kv_head": 1, "d_model": 32, "max_seq_len": 64}
 
 
@@ -134,6 +135,12 @@ def worker(rank: int, world: int, port: int, data: str, root: str) -> None:
     results = {}
     for strategy in ("ddp", "zero1", "zero2", "zero3"):
         results[strategy] = _outcome(lambda: train(tiny_run(data, root_p / strategy, 2, strategy)))
+    # gradient accumulation (2 micro-steps, grads synced on the last only) and FSDP bf16 mixed precision
+    for strategy in ("ddp", "zero2"):
+        results[f"{strategy}_accum"] = _outcome(lambda: train(tiny_run(
+            data, root_p / f"{strategy}_accum", 2, strategy, train={"global_batch_tokens": ACCUM_TOKENS})))
+    results["zero3_bf16"] = _outcome(lambda: train(tiny_run(data, root_p / "zero3_bf16", 2, "zero3",
+                                                            parallel={"mixed_precision": True})))
     # resume the zero3 run's step-5 checkpoint on 2 ranks as ddp, and the ddp one as zero2
     for src, dst in (("zero3", "ddp"), ("ddp", "zero2")):
         name = f"{src}_to_{dst}"

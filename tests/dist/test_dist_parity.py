@@ -35,6 +35,24 @@ def test_two_ranks_match_one_process(spawned, reference, strategy):
     assert ref[STEPS] < ref[1] - 0.3
 
 
+@pytest.mark.parametrize("strategy", ["ddp", "zero2"])
+def test_gradient_accumulation_matches(spawned, reference_accum, reference, strategy):
+    """no_sync on the first micro-step (DDP) / set_requires_gradient_sync (FSDP) loses nothing."""
+    root, results = spawned
+    ok(results, f"{strategy}_accum")
+    ref = losses(reference_accum)
+    assert_close_traj(losses(root / f"{strategy}_accum"), ref, range(1, STEPS + 1))
+    assert abs(ref[STEPS] - losses(reference)[STEPS]) > 1e-3  # a different run from the one without accumulation
+
+
+def test_fsdp_bf16_mixed_precision_trains(spawned, reference):
+    root, results = spawned
+    ok(results, "zero3_bf16")
+    got, ref = losses(root / "zero3_bf16"), losses(reference)
+    assert got[1] == pytest.approx(ref[1], rel=2e-2)  # bf16 weights: close, not equal
+    assert got[STEPS] == pytest.approx(ref[STEPS], rel=3e-2) and got[STEPS] < got[1] - 0.3
+
+
 def test_sharded_checkpoint_layout(spawned):
     root, _ = spawned
     ck = root / "zero3" / "checkpoints" / "step_000010"
