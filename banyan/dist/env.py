@@ -76,6 +76,14 @@ class DistEnv:
         if self.distributed and dist.is_initialized():
             dist.barrier()
 
+    def any_rank(self, flag: bool) -> bool:
+        """True on every rank if `flag` is true on any rank (one tiny all-reduce; no-op on one process)."""
+        if not (self.distributed and dist.is_initialized()):
+            return flag
+        t = torch.tensor([int(flag)], device=self.device if self.device.type == "cuda" else "cpu")
+        dist.all_reduce(t, op=dist.ReduceOp.MAX)
+        return bool(t.item())
+
     def close(self) -> None:
         if self.owns_group and dist.is_initialized():
             dist.destroy_process_group()

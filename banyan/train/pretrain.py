@@ -264,14 +264,17 @@ def train(cfg: RunConfig) -> dict:
                 text = sample_text(par.raw, tok, cfg.train.sample_prompt, cfg.train.sample_tokens, cfg.train.seed, env.device)
                 bar.write(f"--- sample at step {step} ---\n{text}\n---")
                 logger.text("sample", text, step)
+            # ranks may see a SIGTERM at different steps: agree, so all of them save and stop together
+            stopping = env.any_rank(stop.signal is not None)
             if (cfg.checkpoint.every and step % cfg.checkpoint.every == 0) or is_last:
                 save(step)
-            elif stop.signal is not None:
+            elif stopping:
                 save(step)
             faults.maybe_kill(step, env.rank, out)
-            if stop.signal is not None:
+            if stopping:
                 if env.is_main:
-                    bar.write(f"received {signal.Signals(stop.signal).name}: checkpoint written at step {step}; "
+                    name = signal.Signals(stop.signal or signal.SIGTERM).name  # another rank may have got it
+                    bar.write(f"received {name}: checkpoint written at step {step}; "
                               f"resume with --resume", file=sys.stderr)
                 break
     bar.close()

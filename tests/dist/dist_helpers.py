@@ -148,6 +148,14 @@ def worker(rank: int, world: int, port: int, data: str, root: str) -> None:
             rewind(root_p / src, root_p / name, 5)
         dist.barrier()
         results[name] = _outcome(lambda: train(tiny_run(data, root_p / name, 2, dst, resume=True)))
+    # SIGTERM reaching only rank 1 (at step 3, after that step's check): both ranks save step 4 and stop
+    from banyan.train import faults
+
+    real_kill = faults.maybe_kill
+    if rank == 1:
+        faults.maybe_kill = lambda step, r, out: os.kill(os.getpid(), signal.SIGTERM) if step == 3 else None
+    results["sigterm_rank1"] = _outcome(lambda: train(tiny_run(data, root_p / "sigterm", 2, "zero2")))
+    faults.maybe_kill = real_kill
     # bad input: every rank must stop; rank 0 says why, the others stay quiet
     lr = 3e-3 if rank == 0 else 1e-3
     results["mismatch"] = _outcome(lambda: train(tiny_run(data, root_p / "bad_mismatch", 2, "ddp",

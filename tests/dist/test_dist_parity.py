@@ -147,3 +147,14 @@ def test_resume_with_wrong_model_writes_nothing(spawned):
 def test_bench_collectives_checked(spawned):
     _, results = spawned
     ok(results, "bench")
+
+
+def test_sigterm_on_one_rank_stops_all_at_the_same_step(spawned, reference):
+    from banyan.train import checkpoint as ckpt
+
+    root, results = spawned
+    ok(results, "sigterm_rank1")
+    run = root / "sigterm"
+    assert ckpt.latest_checkpoint(run).name == "step_000004"
+    assert json.loads((run / "summary.json").read_text())["step"] == 4
+    assert_close_traj(losses(run), losses(reference), range(1, 5))
