@@ -50,6 +50,6 @@ def test_transformer_ppo_runs_on_pomdp(tmp_path):
     out = tmp_path / "tr"
     assert main(["--env", "banyan/CartPoleNoVel-v0", "--policy", "transformer", "--steps", "512", "--envs", "4",
                  "--eval_every", "0", "--eval_episodes", "2", "--net.history", "4", "--out", str(out),
-                 "--ppo.epochs", "2", "--no_verbose"]) == 0
+                 "--ppo.epochs", "2", "--no_verbose", "--log.no_plots", "--log.no_tensorboard"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policy"] == "transformer" and summary["env_steps"] == 512
