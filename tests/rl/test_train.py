@@ -53,3 +53,16 @@ def test_transformer_ppo_runs_on_pomdp(tmp_path):
                  "--ppo.epochs", "2", "--no_verbose", "--log.no_plots", "--log.no_tensorboard"]) == 0
     summary = json.loads((out / "summary.json").read_text())
     assert summary["policy"] == "transformer" and summary["env_steps"] == 512
+
+
+def test_ppo_continuous_actions_run(tmp_path):
+    # Pendulum-v1: TanhNormal actions within [-2, 2]; entropy bonus on (TorchRL estimates it by sampling).
+    out = tmp_path / "pendulum"
+    assert main(["--env", "Pendulum-v1", "--steps", "512", "--envs", "4", "--eval_every", "0", "--eval_episodes", "2",
+                 "--out", str(out), "--ppo.epochs", "2", "--ppo.ent_coef", "0.01", "--no_verbose", "--log.no_plots",
+                 "--log.no_tensorboard"]) == 0
+    rows = read_metrics(out / "metrics.jsonl")
+    train = [r for r in rows if r["kind"] == "train"]
+    assert train and all(r["loss_entropy"] != 0 for r in train)
+    ev = [r for r in rows if r["kind"] == "eval"][-1]
+    assert -2000 < ev["return_mean"] <= 0  # Pendulum returns are negative, episodes 200 steps
