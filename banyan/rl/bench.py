@@ -5,7 +5,8 @@
 
 "Solved" = the first evaluation (10 greedy episodes, every 2048 env steps) whose mean return is
 >= 475, CartPole-v1's reward threshold. Prints a table (steps to solve, final return, wall time,
-samples/s per seed) and writes OUT/bench_rl.json. Exit code 0 when at least `need` seeds solve it.
+samples/s per seed) and writes OUT/bench_rl.json and OUT/learning_curve.png (mean and min-max over
+seeds). Exit code 0 when at least `need` seeds solve it.
 Reference on the same 2-core machine: CleanRL's PPO with the RL-zoo hyperparameters first averages
 475 over 20 training episodes at 33k-50k steps (median 38k), at about 4.4k samples/s.
 """
@@ -24,7 +25,7 @@ import torch
 
 from banyan.cli import BanyanError
 from banyan.config import parse_cli, to_dict
-from banyan.rl.logs import write_json
+from banyan.rl.logs import eval_curve, plot_curves, read_metrics, write_json
 from banyan.rl.policies import NetConfig
 from banyan.rl.ppo import PPOConfig
 
@@ -103,6 +104,9 @@ def main(argv: list[str] | None = None) -> int:
         "config": dataclasses.asdict(cfg), "runs": runs,
     }
     write_json(Path(cfg.out) / "bench_rl.json", result)
+    curves = [eval_curve(read_metrics(Path(cfg.out) / f"seed{s['seed']}" / "metrics.jsonl")) for s in runs]
+    plot_curves({f"ppo/{cfg.policy}": curves}, Path(cfg.out) / "learning_curve.png",
+                title=f"{cfg.env}: PPO, {cfg.seeds} seeds (mean, min-max)", threshold=threshold)
     med = f"{result['steps_to_solve_median']:.0f}" if solved else "—"
     print(f"\nsolved (mean eval return >= {threshold:g}) within {cfg.steps} steps on {len(solved)}/{cfg.seeds} seeds; "
           f"median steps to solve {med}; mean {result['samples_per_second_mean']:.0f} samples/s; "
