@@ -33,6 +33,17 @@ def test_make_env_batches_and_stacks_history():
     td = env.rand_step(td)
     assert td["next", "observation"].shape == (3, 4, 2)
     assert td["next", "reward"].shape == (3, 1)
+    # a partial reset restarts the window of the finished sub-env only
+    for _ in range(200):
+        td, root = env.step_and_maybe_reset(env.rand_action(td))
+        done = td["next", "done"].view(-1)
+        if done.any():
+            i = int(done.nonzero()[0, 0])
+            assert (root["observation"][i] == root["observation"][i, :1]).all()
+            break
+        td = root
+    else:
+        pytest.fail("no episode ended in 200 random steps")
     env.close()
 
 
