@@ -112,7 +112,7 @@ def _load_class(ref: str) -> type:
 
 def resolve_env(name: str) -> EnvInfo:
     """Turn a Gymnasium id or `MODULE:Class` into an `EnvInfo`; unknown ids suggest close matches."""
-    if ":" in name and name.split(":", 1)[0] not in gym.registry and not name.startswith("ale_py"):
+    if ":" in name and name.split(":", 1)[0] not in gym.registry:
         cls = _load_class(name)
         spec = getattr(cls, "spec", None)
         threshold = getattr(cls, "reward_threshold", None) or getattr(spec, "reward_threshold", None)

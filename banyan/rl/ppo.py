@@ -68,7 +68,7 @@ def make_gae(cfg: PPOConfig, critic):
                deactivate_vmap=True)
 
 
-def make_loss(cfg: PPOConfig, actor, critic, continuous: bool):
+def make_loss(cfg: PPOConfig, actor, critic):
     from torchrl.objectives import ClipPPOLoss
 
     return ClipPPOLoss(actor, critic, clip_epsilon=cfg.clip, entropy_bonus=cfg.ent_coef > 0,
@@ -88,7 +88,7 @@ def train(cfg, env, eval_env, obs_dim: int, continuous: bool, threshold: float |
     with torch.no_grad():
         critic(actor(env.reset()))
     gae = make_gae(p, critic)
-    loss_fn = make_loss(p, actor, critic, continuous)
+    loss_fn = make_loss(p, actor, critic)
     optim = torch.optim.Adam(loss_fn.parameters(), lr=p.lr, eps=1e-5)
 
     frames_per_batch = cfg.envs * p.rollout_steps

@@ -19,6 +19,7 @@ import torch
 
 from banyan.cli import BanyanError
 from banyan.config import LogConfig, parse_cli, to_dict, write_config
+from banyan.rl import dqn, ppo
 from banyan.rl.dqn import DQNConfig
 from banyan.rl.envs import action_kind, make_env, probe_spaces, resolve_env, seed_everything
 from banyan.rl.logs import MetricsLogger, eval_curve, plot_curves, read_metrics
@@ -97,12 +98,8 @@ def run_training(cfg: RLConfig) -> dict:
     t0 = time.perf_counter()
     try:
         if cfg.algo == "ppo":
-            from banyan.rl import ppo
-
             summary = ppo.train(cfg, env, eval_env, obs_dim, kind == "continuous", info.reward_threshold, logger)
         else:
-            from banyan.rl import dqn
-
             summary = dqn.train(cfg, env, eval_env, obs_dim, info.reward_threshold, logger)
     finally:
         logger.close()
