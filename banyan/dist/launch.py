@@ -13,6 +13,12 @@ import subprocess
 import sys
 
 
+# With --max-restarts, torchrun's default of sharing its rendezvous TCPStore with the workers can hand a
+# restarted rank its peer's address from the previous attempt (gloo: "connectFullMesh failed ...
+# Connection refused"; pytorch/pytorch#135712, #167288). A store per attempt avoids it.
+RESTART_SAFE_STORE = ("TORCH_DISABLE_SHARE_RDZV_TCP_STORE", "1")
+
+
 def under_torchrun() -> bool:
     return "LOCAL_RANK" in os.environ
 
@@ -55,4 +61,5 @@ def launch_torchrun(nproc: int, args: list[str], **kw) -> int:
     print("launching:", " ".join(cmd), file=sys.stderr)
     env = dict(os.environ)
     env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // nproc)))
+    env.setdefault(*RESTART_SAFE_STORE)
     return subprocess.call(cmd, env=env)

@@ -18,6 +18,8 @@ OUT=${OUT:-runs/multinode}
 PRESET=${PRESET:-llama-125m}
 STRATEGY=${STRATEGY:-hsdp}
 
+# --max_restarts: one rendezvous store per restart attempt (see pytorch/pytorch#135712)
+export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1
 # Plain Ethernet between nodes (no InfiniBand): let NCCL use TCP on the right interface.
 # export NCCL_IB_DISABLE=1 NCCL_SOCKET_IFNAME=eth0 GLOO_SOCKET_IFNAME=eth0
 # Consumer GPUs whose peer-to-peer copies hang or return wrong data (see `banyan bench comm`):

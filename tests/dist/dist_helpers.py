@@ -65,7 +65,10 @@ def free_port() -> int:
 
 
 def child_env(**extra) -> dict:
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), **extra}
+    from banyan.dist.launch import RESTART_SAFE_STORE
+
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), RESTART_SAFE_STORE[0]: RESTART_SAFE_STORE[1],
+           **extra}
     env.pop("RANK", None)
     return env
 
