@@ -22,9 +22,10 @@ def main(argv: list[str] | None = None) -> int:
     from banyan.data.prepare import PrepareConfig, prepare
 
     data = Path(args.data)
-    if not (data / "meta.json").is_file():
-        print(f"[1/3] preparing the embedded Shakespeare corpus into {data} ...")
-        prepare(PrepareConfig(out=str(data)))
+    wanted = PrepareConfig(out=str(data))
+    if _prepared_spec(data) != wanted.tokenizer:
+        print(f"[1/3] preparing the embedded Shakespeare corpus ({wanted.tokenizer}) into {data} ...")
+        prepare(wanted)
     else:
         print(f"[1/3] using prepared data in {data}")
 
@@ -33,8 +34,8 @@ def main(argv: list[str] | None = None) -> int:
         shutil.rmtree(out)  # the demo's own folder; real runs refuse to overwrite
     overrides = {"data": {"path": str(data)}, "out": str(out)}
     if args.quick:
-        overrides["train"] = {"max_steps": 30, "eval_every": 15, "eval_batches": 4, "log_every": 5}
-        overrides["checkpoint"] = {"every": 15}
+        overrides["train"] = {"max_steps": 40, "eval_every": 20, "eval_batches": 4, "log_every": 5}
+        overrides["checkpoint"] = {"every": 20}
         overrides["optim"] = {"warmup_steps": 5}
     cfg: RunConfig = load_config(RunConfig, preset="shakespeare", overrides=overrides)
     print(f"[2/3] pretraining {cfg.model.arch} ({cfg.model.n_layer} layers, width {cfg.model.d_model}) "
@@ -55,6 +56,16 @@ def main(argv: list[str] | None = None) -> int:
     print(f"val loss {summary['val_loss']:.4f} nats/token, val bpb {summary['val_bpb']:.4f} bits/byte; "
           f"plots: {out / 'plots'}; total {time.time() - t0:.0f}s")
     return 0
+
+
+def _prepared_spec(data: Path) -> str | None:
+    """The tokenizer spec a prepared folder was made with (None when not prepared)."""
+    import json
+
+    try:
+        return json.loads((data / "meta.json").read_text())["tokenizer"]["spec"]
+    except (OSError, ValueError, KeyError):
+        return None
 
 
 if __name__ == "__main__":

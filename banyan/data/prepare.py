@@ -48,7 +48,7 @@ class PrepareConfig:
     """Text source: empty = embedded Shakespeare; a .txt/.md/.jsonl/.parquet file or folder; or hf:NAME."""
     out: str = "data/shakespeare"
     """Output folder (tokenizer.json, meta.json, train_*.bin, val_*.bin); replaced if it holds a prepared set."""
-    tokenizer: str = "bpe:2048"
+    tokenizer: str = "bpe:4096"
     """bpe:N (byte-level BPE with N ids), char, or a tokenizer.json / prepared data folder to reuse."""
     text_field: str = "text"
     """Field holding the text in jsonl records, parquet columns and HF examples."""
