@@ -37,15 +37,17 @@ def tiny_run(data, out, micro_batch: int, strategy: str = "auto", resume: bool =
 
 
 def cli_args(data, out, micro_batch: int, strategy: str) -> list[str]:
-    """The same run as tiny_run, as `banyan pretrain` flags."""
-    args = ["pretrain", "--data.path", str(data), "--out", str(out), "--train.micro_batch", str(micro_batch),
-            "--parallel.strategy", strategy, "--optim.lr", "3e-3", "--optim.warmup_steps", "2",
-            "--checkpoint.every", "5", "--log.no_tensorboard", "--log.no_plots", "--log.no_progress"]
-    for k, v in MODEL.items():
-        args += [f"--model.{k}", str(v)]
-    for k, v in TRAIN.items():
-        args += [f"--train.{k}", str(v)]
-    return args
+    """The same run as tiny_run, as `banyan pretrain` flags: the whole config goes in as a TOML preset
+    (so the default preset's choices, e.g. Muon or bf16, do not leak in)."""
+    import tomli_w
+
+    from banyan.config import to_dict
+
+    cfg = tiny_run(data, out, micro_batch, strategy)
+    path = Path(out).parent / f"{Path(out).name}.toml"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(tomli_w.dumps(to_dict(cfg)))
+    return ["pretrain", "--preset", str(path)]
 
 
 def losses(out) -> dict[int, float]:
