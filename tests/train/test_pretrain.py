@@ -182,3 +182,26 @@ def test_incompatible_checkpoint_and_no_overwrite(tiny_data, tmp_path):
         train(cfg)
     after = {p: p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()}
     assert before == after
+
+
+def test_plots_sample_and_bench(tiny_data, tmp_path, capsys):
+    from banyan.cli import main
+
+    out = tmp_path / "run"
+    cfg = tiny_run(tiny_data, out, max_steps=6)
+    cfg.log.plots = True
+    train(cfg)
+    for name in ("loss.png", "lr.png", "throughput.png"):
+        assert (out / "plots" / name).stat().st_size > 1000
+    capsys.readouterr()
+    args = ["sample", "--ckpt", str(out), "--prompt", "First", "--max_new_tokens", "20", "--seed", "3"]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert main(args) == 0
+    assert capsys.readouterr().out == first and first.startswith("First")  # same seed, same text
+    assert main(["sample", "--ckpt", str(tmp_path / "none")]) == 2
+    assert main(["bench", "train", "--model.n_layer", "1", "--model.d_model", "32", "--model.n_head", "2",
+                 "--model.vocab_size", "64", "--train.seq_len", "16", "--train.micro_batch", "2",
+                 "--warmup", "1", "--steps", "2", "--optim.name", "adamw"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["tokens_per_step"] == 32 and result["tokens_per_s"] > 0 and 0 < result["mfu"] < 1
