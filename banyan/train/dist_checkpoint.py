@@ -37,7 +37,7 @@ from banyan.train import checkpoint as ckpt
 from banyan.train.checkpoint import CheckpointError
 
 DCP_DIR = "dcp"
-_WRAPPER_PREFIXES = ("_checkpoint_wrapped_module.", "_orig_mod.", "module.")
+_WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod")
 
 
 def safe_load_planner():
@@ -78,9 +78,8 @@ def is_sharded(path: str | Path) -> bool:
 
 
 def clean_fqn(name: str) -> str:
-    for prefix in _WRAPPER_PREFIXES:
-        name = name.replace(prefix, "")
-    return name
+    """Drop the name parts wrappers add (activation checkpointing, torch.compile), as DCP's FQNs do."""
+    return ".".join(part for part in name.split(".") if part not in _WRAPPER_PARTS)
 
 
 def _fqn_of(raw: nn.Module) -> dict[nn.Parameter, str]:
@@ -285,9 +284,25 @@ def _load_full(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
                                              if isinstance(v, torch.optim.Optimizer)}
     pairs = [(named[k], osd.get(k)) for k in named] if named else [(optimizer, osd)]
     flat: dict[str, Any] = {}
-    for part, sd in pairs:
-        flat.update(_flat_from_indexed(part, sd, fqn_of, path))
-    _apply_optim(raw, optimizer, fqn_of, flat, full=True)
+    for part, part_sd in pairs:
+        flat.update(_flat_from_indexed(part, part_sd, fqn_of, path))
+    _apply_optim(raw, optimizer, fqn_of, _shard_like_params(flat, fqn_of), full=False)
+
+
+def _shard_like_params(flat: dict[str, Any], fqn_of: dict) -> dict[str, Any]:
+    """Full optimizer tensors -> the DTensor sharding of their parameter (FSDP), cut locally from the full
+    copy every rank holds (src_data_rank=None: no communication). Plain parameters keep full tensors."""
+    from torch.distributed.tensor import DTensor, distribute_tensor
+
+    param_of = {fqn: p for p, fqn in fqn_of.items()}
+    out = {}
+    for key, v in flat.items():
+        fqn, _, _name = key[len("state."):].rpartition(".") if key.startswith("state.") else ("", "", "")
+        p = param_of.get(fqn)
+        if isinstance(p, DTensor) and torch.is_tensor(v) and tuple(v.shape) == tuple(p.shape):
+            v = distribute_tensor(v.to(p.device), p.device_mesh, p.placements, src_data_rank=None)
+        out[key] = v
+    return out
 
 
 def _flat_from_indexed(opt, sd: dict | None, fqn_of: dict, path: Path) -> dict[str, Any]:

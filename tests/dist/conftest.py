@@ -50,9 +50,9 @@ def reference_accum(dist_data, tmp_path_factory):
 
 
 @pytest.fixture(scope="session")
-def spawned(dist_data, tmp_path_factory):
+def spawned(dist_data, reference, tmp_path_factory):
     """Run dist_helpers.worker on 2 spawned gloo ranks; returns (root folder, per-rank scenario outcomes)."""
     root = tmp_path_factory.mktemp("dist_spawned")
-    spawn(worker, (2, free_port(), str(dist_data), str(root)), nprocs=2, timeout=300)
+    spawn(worker, (2, free_port(), str(dist_data), str(root), str(reference)), nprocs=2, timeout=300)
     results = [json.loads((root / f"results_rank{r}.json").read_text()) for r in range(2)]
     return root, results

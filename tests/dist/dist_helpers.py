@@ -126,7 +126,7 @@ def _outcome(fn) -> dict:
         return {"ok": False, "type": type(e).__name__, "msg": str(e), "tb": traceback.format_exc()[-2000:]}
 
 
-def worker(rank: int, world: int, port: int, data: str, root: str) -> None:
+def worker(rank: int, world: int, port: int, data: str, root: str, single_run: str) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), LOCAL_WORLD_SIZE=str(world),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), WANDB_MODE="offline")
     import torch
@@ -140,6 +140,13 @@ def worker(rank: int, world: int, port: int, data: str, root: str) -> None:
     results = {}
     for strategy in ("ddp", "zero1", "zero2", "zero3"):
         results[strategy] = _outcome(lambda: train(tiny_run(data, root_p / strategy, 2, strategy)))
+    # the one-process reference run's step-5 checkpoint (safetensors + optimizer.pt) resumed on 2 ranks
+    for dst in ("zero3", "zero1"):
+        name = f"one_to_{dst}"
+        if rank == 0:
+            rewind(Path(single_run), root_p / name, 5)
+        dist.barrier()
+        results[name] = _outcome(lambda: train(tiny_run(data, root_p / name, 2, dst, resume=True)))
     # gradient accumulation (2 micro-steps, grads synced on the last only) and FSDP bf16 mixed precision
     for strategy in ("ddp", "zero2"):
         results[f"{strategy}_accum"] = _outcome(lambda: train(tiny_run(

@@ -80,7 +80,7 @@ def test_save_on_two_resume_on_one(spawned, reference, dist_data, tmp_path, stra
     assert math.isclose(got[6], ref[6], rel_tol=REL)
 
 
-@pytest.mark.parametrize("name", ["zero3_to_ddp", "ddp_to_zero2"])
+@pytest.mark.parametrize("name", ["zero3_to_ddp", "ddp_to_zero2", "one_to_zero3", "one_to_zero1"])
 def test_resume_under_another_strategy(spawned, reference, name):
     root, results = spawned
     ok(results, name)
