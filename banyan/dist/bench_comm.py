@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import math
 import os
 import sys
 import threading
@@ -252,7 +251,7 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
 def _write_json(path: Path, data: dict) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=lambda v: None if isinstance(v, float) and math.isnan(v) else str(v)))
+    tmp.write_text(json.dumps(data, indent=1, default=str))
     os.replace(tmp, path)
 
 

@@ -38,7 +38,7 @@ def test_two_nodes_hsdp_matches_one_process(dist_data, reference, tmp_path):
     port = free_port()
     args = cli_args(dist_data, out, 1, "hsdp")
     common = ["--nnodes=2", "--rdzv_backend=c10d", f"--rdzv_endpoint=127.0.0.1:{port}", "--rdzv_id=banyan-test"]
-    cmds = [torchrun(2, args, [*common, "--rdzv_conf=is_host=1"]), torchrun(2, args, [*common, "--rdzv_conf=is_host=0"])]
+    cmds = [torchrun(2, args, [*common, f"--rdzv_conf=is_host={host}"]) for host in (1, 0)]
     results = run_procs(cmds, child_env(), timeout=300)
     for r in results:
         assert r.returncode == 0, r.stderr[-3000:]

@@ -58,7 +58,8 @@ def test_auto_picks_by_memory_and_nodes(monkeypatch, free_gb, world, local, want
 
 
 def test_auto_single_process_and_explicit():
-    assert auto.choose_strategy(Big(400), cfg_for(parallel={"strategy": "auto"}), DistEnv()) == ("single", "one process")
+    one = auto.choose_strategy(Big(400), cfg_for(parallel={"strategy": "auto"}), DistEnv())
+    assert one == ("single", "one process")
     assert auto.choose_strategy(Big(400), cfg_for(parallel={"strategy": "zero2"}), fake_env())[0] == "zero2"
 
 
