@@ -37,7 +37,7 @@ class DQNConfig:
     """Replay buffer capacity (transitions)."""
     batch_size: int = 64
     """Minibatch size of each gradient step."""
-    learning_starts: int = 1000
+    learning_starts: int = 1024
     """Env steps of uniform random actions before learning starts."""
     collect_steps: int = 16
     """Steps per env between rounds of updates (batch = envs x collect_steps)."""
