@@ -44,7 +44,7 @@ def bench(cfg: BenchTrainConfig) -> dict:
     torch.manual_seed(cfg.train.seed)
     model = build_model(cfg.model).to(env.device)
     par = parallelize(model, cfg, env)
-    opt = build_optimizer(par.raw, cfg.optim, env.device.type)
+    opt = par.shard_optimizer(build_optimizer(par.raw, cfg.optim, env.device.type))
     n_micro = cfg.grad_accum(env.world_size)
     loss_fn = causal_lm_loss(cfg.train.chunked_loss)
     autocast = autocast_for(env.device, cfg.train.dtype)
@@ -74,6 +74,7 @@ def bench(cfg: BenchTrainConfig) -> dict:
     tps = tokens / (ms / 1000)
     peak = peak_flops_for(env.device, cfg.train.dtype) * env.world_size
     result = {
+        "strategy": par.strategy, "is_main": env.is_main,
         "device": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu",
         "world_size": env.world_size, "params": par.raw.num_params(), "tokens_per_step": tokens,
         "ms_per_step": round(ms, 2), "ms_per_step_min": round(min(times) * 1000, 2),
@@ -88,6 +89,8 @@ def bench(cfg: BenchTrainConfig) -> dict:
 def main(argv: list[str]) -> int:
     cfg = parse_cli(BenchTrainConfig, argv, prog="banyan bench train", default_preset="shakespeare")
     result = bench(cfg)
+    if not result.pop("is_main"):
+        return 0  # under torchrun only rank 0 reports
     text = json.dumps(result, indent=1)
     print(text)
     if cfg.json_out:
