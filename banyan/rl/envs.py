@@ -153,19 +153,37 @@ def probe_spaces(info: EnvInfo) -> tuple[gym.Space, gym.Space]:
         env.close()
 
 
-def make_env(info: EnvInfo, num_envs: int, seed: int, history: int = 1):
+def _single_env(name: str):
+    """One TorchRL env by name; module-level (picklable) so that ParallelEnv's spawned workers can call it."""
+    from torchrl.envs import GymWrapper
+
+    return GymWrapper(resolve_env(name).factory(), device="cpu")
+
+
+def make_env(info: EnvInfo, num_envs: int, seed: int, history: int = 1, backend: str = "vector"):
     """K copies of the env as one TorchRL env with batch size [K].
 
+    backend: `vector` (default) one gymnasium SyncVectorEnv in GymWrapper; `serial` TorchRL SerialEnv of
+    K GymWrappers in this process; `parallel` TorchRL ParallelEnv, one spawned worker per copy (scripts
+    using it need an `if __name__ == "__main__":` guard). Timings: see the module docstring.
     Keys: `observation` [K, D] (or [K, T, D] when history > 1: the last T observations, oldest first,
     the first one repeated at an episode start), `action`, `("next", "reward")`, `done`/`terminated`/
     `truncated`, `episode_reward` (running return, RewardSum) and `step_count`.
     """
-    from gymnasium.vector import AutoresetMode
-    from torchrl.envs import (CatFrames, Compose, DoubleToFloat, GymWrapper, RewardSum, StepCounter,
-                              TransformedEnv, UnsqueezeTransform)
+    from functools import partial
 
-    venv = gym.vector.SyncVectorEnv([info.factory] * num_envs, autoreset_mode=AutoresetMode.DISABLED)
-    env = GymWrapper(venv, device="cpu")
+    from gymnasium.vector import AutoresetMode
+    from torchrl.envs import (CatFrames, Compose, DoubleToFloat, GymWrapper, ParallelEnv, RewardSum, SerialEnv,
+                              StepCounter, TransformedEnv, UnsqueezeTransform)
+
+    if backend == "vector":
+        venv = gym.vector.SyncVectorEnv([info.factory] * num_envs, autoreset_mode=AutoresetMode.DISABLED)
+        env = GymWrapper(venv, device="cpu")
+    elif backend in ("serial", "parallel"):
+        batched = SerialEnv if backend == "serial" else ParallelEnv
+        env = batched(num_envs, partial(_single_env, info.name))
+    else:
+        raise BanyanError(f"unknown env backend '{backend}' (expected vector, serial or parallel)")
     transforms = [DoubleToFloat(), StepCounter(), RewardSum()]
     if history > 1:
         # [K, D] -> [K, 1, D] -> concatenate the last T along dim -2 -> [K, T, D]

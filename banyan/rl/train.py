@@ -42,7 +42,10 @@ class RLConfig:
     seed: int = 1
     """Seed for networks, sampling and environments."""
     envs: int = 8
-    """Parallel environment copies (one vectorized env inside TorchRL)."""
+    """Parallel environment copies."""
+    backend: Literal["vector", "serial", "parallel"] = "vector"
+    """How the copies run: one gymnasium SyncVectorEnv in TorchRL's GymWrapper (fastest on 2 cores),
+    TorchRL SerialEnv, or TorchRL ParallelEnv (one spawned process per copy)."""
     out: str = "runs/rl/run"
     """Output folder."""
     eval_every: int = 2048
@@ -89,8 +92,9 @@ def run_training(cfg: RLConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     write_config(cfg, out / "config.toml")
     history = cfg.net.history if cfg.policy == "transformer" else 1
-    env = make_env(info, cfg.envs, cfg.seed, history)
-    # Evaluation uses its own envs and seeds so it never disturbs the training episodes.
+    env = make_env(info, cfg.envs, cfg.seed, history, cfg.backend)
+    # Evaluation uses its own envs and seeds (and always the vector backend) so it never disturbs the
+    # training episodes.
     eval_env = make_env(info, cfg.eval_episodes, cfg.seed + 10_000, history)
     logger = MetricsLogger(out, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb, project=cfg.log.wandb_project,
                            run_name=cfg.log.wandb_run_name, config=to_dict(cfg))
@@ -103,8 +107,8 @@ def run_training(cfg: RLConfig) -> dict:
             summary = dqn.train(cfg, env, eval_env, obs_dim, info.reward_threshold, logger)
     finally:
         logger.close()
-        env.close()
-        eval_env.close()
+        env.close(raise_if_closed=False)  # the collector may have closed it already
+        eval_env.close(raise_if_closed=False)
     if cfg.log.plots:
         steps, rets = eval_curve(read_metrics(out / "metrics.jsonl"))
         plot_curves({f"{cfg.algo}/{cfg.policy} seed {cfg.seed}": [(steps, rets)]}, out / "learning_curve.png",

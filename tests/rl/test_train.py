@@ -7,6 +7,8 @@ within 50k steps on 4 of 5 seeds) is `banyan bench rl`.
 
 import json
 
+import pytest
+
 from safetensors.torch import load_file
 
 from banyan.rl.dqn import DQNConfig
@@ -66,3 +68,21 @@ def test_ppo_continuous_actions_run(tmp_path):
     assert train and all(r["loss_entropy"] != 0 for r in train)
     ev = [r for r in rows if r["kind"] == "eval"][-1]
     assert -2000 < ev["return_mean"] <= 0  # Pendulum returns are negative, episodes 200 steps
+
+
+def _backend_run(tmp_path, backend):
+    out = tmp_path / backend
+    assert main(["--backend", backend, "--envs", "2", "--steps", "512", "--eval_every", "0", "--eval_episodes", "2",
+                 "--ppo.epochs", "2", "--out", str(out), "--no_verbose", "--log.no_plots", "--log.no_tensorboard"]) == 0
+    return json.loads((out / "summary.json").read_text())
+
+
+def test_serial_backend_runs(tmp_path):
+    assert _backend_run(tmp_path, "serial")["env_steps"] == 512
+
+
+@pytest.mark.slow
+def test_parallel_backend_matches_serial(tmp_path):
+    # Same seeds, same sub-env order: TorchRL's ParallelEnv (spawned workers) must reproduce SerialEnv.
+    a, b = _backend_run(tmp_path, "serial"), _backend_run(tmp_path, "parallel")
+    assert a["final_return_mean"] == b["final_return_mean"]
