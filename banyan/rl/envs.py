@@ -17,6 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import importlib.util
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -97,8 +98,14 @@ def _load_class(ref: str) -> type:
     else:
         try:
             module = importlib.import_module(mod_name)
-        except ModuleNotFoundError as e:
-            raise BanyanError(f"cannot import module '{mod_name}' for environment '{ref}': {e}") from None
+        except ModuleNotFoundError:
+            # like `python -m`, also look in the current directory (the `banyan` script does not)
+            if os.getcwd() not in sys.path:
+                sys.path.append(os.getcwd())
+            try:
+                module = importlib.import_module(mod_name)
+            except ModuleNotFoundError as e:
+                raise BanyanError(f"cannot import module '{mod_name}' for environment '{ref}': {e}") from None
     if not hasattr(module, cls_name):
         names = [n for n in dir(module) if isinstance(getattr(module, n), type)]
         close = difflib.get_close_matches(cls_name, names, n=3)

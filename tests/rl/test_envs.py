@@ -59,6 +59,14 @@ def test_module_class_reference():
         resolve_env(f"{EXAMPLE}:FixedCoridor")
 
 
+def test_dotted_module_reference_from_cwd(monkeypatch):
+    monkeypatch.chdir(EXAMPLE.parents[1])
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(EXAMPLE.parents[1]))])
+    assert resolve_env("examples.loophole_env:LoopholeCorridor").reward_threshold == 9.0
+    with pytest.raises(BanyanError, match="cannot import module 'examples.nope'"):
+        resolve_env("examples.nope:Env")
+
+
 def test_dqn_on_continuous_actions_is_refused():
     with pytest.raises(BanyanError, match="dqn needs a discrete action space.*Pendulum-v1"):
         validate(RLConfig(algo="dqn", env="Pendulum-v1"))
