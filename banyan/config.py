@@ -446,9 +446,14 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, prog: str = "banyan",
     wants_help = "-h" in argv or "--help" in argv
     preset, argv = _pop_option(argv, "--preset")
     file, argv = _pop_option(argv, "--config")
+    takes_presets = isinstance(cls, type) and issubclass(cls, RunConfig)
+    if preset and not takes_presets:
+        raise ConfigError(f"--preset applies to training runs (pretrain, bench train); {prog} takes --config FILE.toml")
     default = load_config(cls, preset or default_preset, file)
     desc = description or (cls.__doc__ or "")
-    if wants_help:
+    if wants_help and not takes_presets:
+        desc += "\n\nAlso: --config FILE.toml (flags override it)."
+    elif wants_help:
         desc += ("\n\nAlso: --preset NAME (one of: " + ", ".join(list_presets()) +
                  ") and --config FILE.toml; precedence CLI > --config > --preset > defaults.")
     return tyro.cli(cls, args=argv, default=default, prog=prog, description=desc, use_underscores=True)
