@@ -8,6 +8,7 @@ base class turns those into logits, KV-cached generation, parameter counts and a
 from __future__ import annotations
 
 import abc
+import math
 
 import torch
 import torch.nn as nn
@@ -113,9 +114,30 @@ class CausalLM(nn.Module, abc.ABC):
     def blocks(self) -> nn.ModuleList:
         """The transformer blocks, for per-block FSDP wrapping and activation checkpointing."""
 
-    @abc.abstractmethod
+    # names of the linear layers that write into the residual stream (scaled-down init)
+    residual_out_names: tuple[str, ...] = ()
+
     def init_weights(self) -> None:
-        """(Re-)initialise every parameter; deterministic under torch.manual_seed."""
+        """(Re-)initialise every parameter; deterministic under torch.manual_seed.
+
+        N(0, init_std) linear and embedding weights, zero biases, unit norm gains; the projections that
+        write into the residual stream get init_std/sqrt(2*n_layer) so its variance does not grow
+        with depth (GPT-2 paper, section 2.3).
+        """
+        std = self.config.init_std
+        out_std = std / math.sqrt(2 * self.config.n_layer)
+        for name, module in self.named_modules():
+            if isinstance(module, nn.Linear):
+                nn.init.normal_(module.weight, 0.0, out_std if name.endswith(self.residual_out_names) else std)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, 0.0, std)
+            elif module is not self and isinstance(getattr(module, "weight", None), torch.Tensor) \
+                    and module.weight.ndim == 1:  # LayerNorm / RMSNorm
+                nn.init.ones_(module.weight)
+                if getattr(module, "bias", None) is not None:
+                    nn.init.zeros_(module.bias)
 
     @abc.abstractmethod
     def embedding_params(self) -> list[nn.Parameter]:

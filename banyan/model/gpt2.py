@@ -9,7 +9,6 @@ Shapes: B batch, T sequence, D d_model, H heads, hd head_dim, F d_ff, V vocab.
 
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn as nn
@@ -70,6 +69,8 @@ class Block(nn.Module):
 class GPT2(CausalLM):
     """GPT-2 causal LM; `transformer.*` and `lm_head` mirror HF's GPT2LMHeadModel. The head is always tied."""
 
+    residual_out_names = ("c_proj",)
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.n_kv_head != cfg.n_head:
@@ -86,22 +87,6 @@ class GPT2(CausalLM):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
         self.init_weights()
-
-    def init_weights(self) -> None:
-        # N(0, init_std) weights, zero biases, unit LayerNorms; the two c_proj layers that write into
-        # the residual stream get init_std/sqrt(2*n_layer) (GPT-2 paper, section 2.3).
-        std = self.config.init_std
-        out_std = std / math.sqrt(2 * self.config.n_layer)
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, out_std if name.endswith("c_proj") else std)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, 0.0, std)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         T = input_ids.size(1)

@@ -135,6 +135,8 @@ class Block(nn.Module):
 class Llama(CausalLM):
     """Llama causal LM; `model.*` and `lm_head` mirror HF's LlamaForCausalLM."""
 
+    residual_out_names = ("o_proj", "down_proj")
+
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         if cfg.rope_scaling == "llama3" and cfg.rope_high_freq_factor <= cfg.rope_low_freq_factor:
@@ -152,19 +154,6 @@ class Llama(CausalLM):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
         self.init_weights()
-
-    def init_weights(self) -> None:
-        # N(0, init_std) everywhere; projections that write into the residual stream get
-        # init_std/sqrt(2*n_layer) so its variance does not grow with depth (GPT-2 paper, sec. 2.3).
-        std = self.config.init_std
-        out_std = std / math.sqrt(2 * self.config.n_layer)
-        for name, module in self.named_modules():
-            if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, out_std if name.endswith(("o_proj", "down_proj")) else std)
-            elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, 0.0, std)
-            elif isinstance(module, RMSNorm):
-                nn.init.ones_(module.weight)
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         T = input_ids.size(1)
