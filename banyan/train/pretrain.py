@@ -307,5 +307,7 @@ def _poisoned(loss_fn, active):
 def _progress(cfg: RunConfig, start: int, env: DistEnv):
     from tqdm import tqdm
 
+    # in a log file (not a terminal) redraw rarely, so CI logs are not flooded with bar updates
     return tqdm(total=cfg.train.max_steps, initial=start, desc="pretrain", unit="step", dynamic_ncols=True,
-                disable=not (cfg.log.progress and env.is_main), file=sys.stderr)
+                mininterval=0.5 if sys.stderr.isatty() else 30, disable=not (cfg.log.progress and env.is_main),
+                file=sys.stderr)
