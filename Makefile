@@ -12,13 +12,17 @@ STAMP := $(VENV)/.installed
 install: $(STAMP)
 
 # torch first and pinned (an unpinned torch resolves to a multi-GB CUDA build), then the package
-# with the constraints file; finally check that torch stayed what we asked for.
+# under constraints.txt with torch pinned to the version just installed, so nothing replaces it.
+# A GPU user picks another build with e.g.
+#   make test TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q "$(TORCH_SPEC)"
-	$(PY) -m pip install -q -c constraints.txt -e ".[$(EXTRAS)]"
-	$(PY) -c "import torch, sys; print('torch', torch.__version__); sys.exit(0)"
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	grep -v '^torch==' constraints.txt > $(VENV)/constraints.txt
+	$(PY) -c "import torch; print('torch==' + torch.__version__.split('+')[0])" >> $(VENV)/constraints.txt
+	$(PY) -m pip install -q -c $(VENV)/constraints.txt -e ".[$(EXTRAS)]"
+	$(PY) -c "import torch; print('torch', torch.__version__)"
 	touch $(STAMP)
 
 demo: $(STAMP)
