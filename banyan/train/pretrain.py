@@ -241,7 +241,7 @@ def train(cfg: RunConfig) -> dict:
                 continue
             state["bad_in_row"] = 0
             bar.update(1)
-            bar.set_postfix(loss=f"{res.loss:.3f}", lr=f"{lr:.2e}")
+            bar.set_postfix(loss=f"{res.loss:.3f}", lr=f"{lr:.2e}", refresh=False)
             is_last = step == cfg.train.max_steps
             record = None
             if step % cfg.train.log_every == 0 or is_last or step == start + 1:
