@@ -8,11 +8,10 @@ Per-rank training memory, P parameters, W ranks, L ranks per node (fp32 master w
     zero3  (4P + 4P + oP)/W + two blocks gathered           + activations
     hsdp   like zero3 with L in place of W (sharded within a node only)
 
-o is optimizer bytes per parameter (AdamW 8: two fp32 moments; 8-bit AdamW 2; Muon ~4).
-Activations per micro-batch follow Korthikanti et al. 2022 ("Reducing Activation Recomputation
-in Large Transformer Models", eq. 2): ~34*B*T*D bytes per layer at 2-byte precision (x2 in
-fp32), 2*B*T*D per layer with full activation checkpointing, plus the logits B*T*V (x2 for
-their gradient). Estimates, not measurements: `banyan plan` models more; the log shows the numbers.
+o is optimizer bytes per parameter and the activations are those of one micro-batch plus the
+logits and their gradient, both taken from `banyan plan`'s memory model (banyan.plan.memory, whose
+static bytes are tested against real tensors), so `auto` and `banyan plan` never disagree about
+what a strategy needs. Estimates, not measurements; the log shows the numbers.
 
 Communication per step is lowest for ddp/zero1 (one gradient all-reduce, 2P bytes on the wire
 per rank), ~1.5x for zero2/zero3 (all-gather + reduce-scatter), so the order of preference is
@@ -27,8 +26,8 @@ import torch.nn as nn
 
 from banyan.config import RunConfig
 from banyan.dist.env import DistEnv
+from banyan.plan import memory as M
 
-OPT_BYTES = {"adamw": 8, "adamw8bit": 2, "adamw8bit-torchao": 2, "muon": 4}
 HEADROOM = 0.85  # fraction of free memory a plan may use (allocator fragmentation, buffers, comm)
 GB = 2**30
 
@@ -47,20 +46,30 @@ def free_memory_bytes(env: DistEnv) -> int:
     return 8 * GB // max(1, env.local_world_size)  # no /proc (macOS): assume a modest machine
 
 
+def _compute_bytes(cfg: RunConfig) -> int:
+    """Bytes per activation element: 2 under bf16/fp16 autocast, else 4."""
+    t = cfg.train
+    low = t.dtype in ("bf16", "fp16") or (t.dtype == "auto" and t.device != "cpu" and torch.cuda.is_available())
+    return 2 if low else 4
+
+
+def optimizer_bytes_per_param(cfg: RunConfig) -> float:
+    """Optimizer-state bytes per parameter of this model under cfg.optim.name (the planner's exact count)."""
+    specs = M.param_specs(cfg.model)
+    return M.optimizer_state_bytes(specs, cfg.optim.name) / max(1, M.n_params(specs))
+
+
 def activation_bytes(cfg: RunConfig) -> float:
-    m, t = cfg.model, cfg.train
-    btd = t.micro_batch * t.seq_len * m.d_model
-    on_gpu_bf16 = t.dtype in ("bf16", "fp16") or (t.dtype == "auto" and t.device != "cpu" and torch.cuda.is_available())
-    scale = 1.0 if on_gpu_bf16 else 2.0
-    per_layer = 2 * btd if t.activation_checkpointing == "full" else 34 * btd * scale
-    logits = 2 * t.micro_batch * t.seq_len * max(m.vocab_size, 1) * 4
-    return m.n_layer * per_layer + logits
+    """Saved activations of one micro-batch + the transient logits and their gradient (planner model)."""
+    t, e = cfg.train, _compute_bytes(cfg)
+    saved = M.activation_bytes(cfg.model, t.micro_batch, t.seq_len, t.activation_checkpointing, t.chunked_loss, e)
+    return saved["total"] + M.logits_buffer_bytes(cfg.model, t.micro_batch * t.seq_len, t.chunked_loss, e)
 
 
 def memory_plan(n_params: int, block_params: int, cfg: RunConfig, env: DistEnv) -> dict[str, float]:
     """Estimated peak bytes per rank for each data-parallel strategy."""
     P, W, L = float(n_params), env.world_size, env.local_world_size
-    o = OPT_BYTES.get(cfg.optim.name, 8)
+    o = optimizer_bytes_per_param(cfg)
     act = activation_bytes(cfg)
     return {
         "ddp": (8 + o) * P + act,
