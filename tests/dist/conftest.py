@@ -16,17 +16,8 @@ TEXT = ("KING RICHARD:\nNow is the winter of our discontent made glorious summer
 
 
 @pytest.fixture(scope="session")
-def dist_data(tmp_path_factory):
-    from banyan.data.prepare import PrepareConfig, prepare
-
-    root = tmp_path_factory.mktemp("dist_corpus")
-    src = root / "src"
-    src.mkdir()
-    for i in range(6):
-        (src / f"doc{i}.txt").write_text(TEXT[i * 40:] + f"\nDocument {i}.\n")
-    out = root / "data"
-    prepare(PrepareConfig(source=str(src), out=str(out), tokenizer="char", val_fraction=0.3, workers=1))
-    return out
+def dist_data(make_char_corpus):
+    return make_char_corpus("dist_corpus", TEXT, 40)
 
 
 @pytest.fixture(scope="session")

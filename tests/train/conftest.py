@@ -1,4 +1,4 @@
-"""Fixtures for trainer tests: a tiny prepared corpus and a tiny model config."""
+"""Fixtures for trainer tests: a tiny prepared corpus (helpers in trainkit.py)."""
 
 import pytest
 
@@ -8,14 +8,5 @@ TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\n
 
 
 @pytest.fixture(scope="session")
-def tiny_data(tmp_path_factory):
-    from banyan.data.prepare import PrepareConfig, prepare
-
-    root = tmp_path_factory.mktemp("corpus")
-    src = root / "src"
-    src.mkdir()
-    for i in range(6):
-        (src / f"doc{i}.txt").write_text(TEXT[i * 50:] + f"\nDocument {i}.\n")
-    out = root / "data"
-    prepare(PrepareConfig(source=str(src), out=str(out), tokenizer="char", val_fraction=0.3, workers=1))
-    return out
+def tiny_data(make_char_corpus):
+    return make_char_corpus("corpus", TEXT, 50)
