@@ -2,7 +2,7 @@
 
 Each entry point is `module:function` taking the remaining argv; modules are imported only when
 their verb runs, so `banyan --help` is fast and a missing extra (e.g. `rl`) only affects its verbs.
-Any `BanyanError` / `ConfigError` becomes one clear line on stderr and exit code 2.
+Any `BanyanError` (banyan.errors) becomes one clear line on stderr and exit code 2.
 """
 
 from __future__ import annotations
@@ -10,13 +10,15 @@ from __future__ import annotations
 import importlib
 import sys
 
+from banyan.errors import BanyanError
+
 # verb (possibly two words) -> (entry point, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "data prepare": ("banyan.data.prepare:main", "Tokenize a corpus (default: embedded Shakespeare) into token shards."),
     "pretrain": ("banyan.train.pretrain:main", "Train a Llama or GPT-2 model from scratch on prepared shards."),
     "sample": ("banyan.train.sample:main", "Generate text from a checkpoint (KV cache, temperature/top-k/top-p)."),
     "bench train": ("banyan.train.bench:main", "Benchmark training throughput (tokens/s, MFU, memory) as JSON."),
-    "bench comm": ("banyan.dist.bench_comm:main", "Benchmark collectives' bus bandwidth and check their results."),
+    "bench comm": ("banyan.parallel.bench_comm:main", "Benchmark collectives' bus bandwidth and check their results."),
     "bench rl": ("banyan.rl.bench:main", "Benchmark PPO on CartPole over seeds (steps to solve, samples/s)."),
     "plan": ("banyan.plan:main", "Predict memory and speed of each strategy on given GPUs before training."),
     "checkpoint consolidate": ("banyan.train.consolidate:main", "Merge a sharded checkpoint into one safetensors file."),
@@ -24,10 +26,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "rl compare": ("banyan.rl.compare:main", "Run an env x policy x seed grid and tabulate the results."),
     "rl check-env": ("banyan.rl.check_env:main", "Probe an environment for design mistakes and loopholes."),
 }
-
-
-class BanyanError(Exception):
-    """A user-facing error: printed as one line, exit code 2."""
 
 
 def _usage() -> str:
@@ -47,8 +45,6 @@ def _resolve(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from banyan.config import ConfigError
-
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -81,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         rc = fn(rest)
-    except (BanyanError, ConfigError, FileNotFoundError) as e:
+    except (BanyanError, FileNotFoundError) as e:
         print(f"banyan {verb}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -25,12 +25,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
+from banyan.errors import ConfigError
+
 PRESET_DIR = Path(__file__).parent / "configs"
 T = TypeVar("T")
-
-
-class ConfigError(ValueError):
-    """A configuration problem with a message that names the key/file."""
 
 
 # ----------------------------------------------------------------------------- sections

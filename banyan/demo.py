@@ -45,7 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     summary = train(cfg)
 
     print("[3/3] sampling from the final checkpoint:")
-    from banyan.dist.env import resolve_device
+    from banyan.parallel.env import resolve_device
     from banyan.train.sample import generate_text, load_for_inference
 
     device = resolve_device("cpu")

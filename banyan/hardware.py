@@ -28,7 +28,7 @@ from dataclasses import dataclass, replace
 
 import torch
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 
 P2P_OFF_FACTOR = 0.5  # bandwidth multiplier when PCIe P2P is unavailable (see module docstring)
 

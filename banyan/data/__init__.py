@@ -6,11 +6,7 @@ Modules: `sources` (documents from Shakespeare, files, jsonl, parquet, HF datase
 Heavy imports stay inside those modules so `import banyan.data` is cheap.
 """
 
-from banyan.cli import BanyanError
-
-
-class DataError(BanyanError, ValueError):
-    """Bad data input (file, line, field, spec): one user-facing line naming what is wrong."""
+from banyan.errors import DataError
 
 
 __all__ = ["DataError"]

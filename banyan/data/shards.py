@@ -25,7 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
-from banyan.data import DataError
+from banyan.errors import DataError, ShardError
 
 MAGIC = b"BANYANTK"
 META_FORMAT = "banyan-token-shards"  # meta.json "format" of a prepared folder (prepare.py, loader.py)
@@ -36,10 +36,6 @@ _DTYPES = {1: np.dtype("<u2"), 2: np.dtype("<u4")}
 # open_shard scans for out-of-range ids only up to this many tokens unless verify=True (bigger
 # shards would be read in full on every open).
 MAX_SCAN_TOKENS = 1 << 24
-
-
-class ShardError(DataError):
-    """A shard that is missing, corrupt, truncated or from a different tokenizer; names the file."""
 
 
 @dataclass(frozen=True)

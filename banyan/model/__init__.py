@@ -6,7 +6,8 @@ returns is a `CausalLM` (see common.py for the shared interface).
 
 from __future__ import annotations
 
-from banyan.config import ConfigError, ModelConfig
+from banyan.config import ModelConfig
+from banyan.errors import ConfigError
 from banyan.model.common import CausalLM, KVCache, causal_attention, sample_logits
 from banyan.model.gpt2 import GPT2
 from banyan.model.hf import config_from_hf, config_to_hf, from_hf, to_hf

@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import ModelConfig
 
 

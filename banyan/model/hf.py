@@ -21,7 +21,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from banyan.config import ConfigError, ModelConfig
+from banyan.config import ModelConfig
+from banyan.errors import ConfigError
 
 # GPT-2 projections that HF stores as Conv1D ([in, out]); transposed on the way in and out.
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")

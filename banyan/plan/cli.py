@@ -10,7 +10,7 @@ import json
 import math
 from pathlib import Path
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import ConfigError, RunConfig, load_config, preset_path, read_saved_config, read_toml
 
 EPILOG = """examples:

@@ -14,7 +14,7 @@ fp32 parameters, autocast to bf16). Per parameter, before sharding:
              muon              4 B momentum for the blocks' matrices; AdamW (8 B) for the rest
 
 These are exact for one process: the tests compare them with bytes counted from real tensors.
-Strategies as `banyan.dist.parallel` implements them, on n GPUs:
+Strategies as `banyan.parallel.wrap` implements them, on n GPUs:
   * ddp    everything replicated.
   * zero1  DDP + ZeroRedundancyOptimizer: optimizer state / n.
   * zero2  FSDP2, reshard_after_forward=False: params, grads, optimizer state / n at rest; the
@@ -177,7 +177,7 @@ def layer_bytes_per_token(cfg: ModelConfig, e: int, r: int = 4) -> float:
 
 
 def n_checkpointed(n_layer: int, ac: str) -> int:
-    """Blocks checkpointed by banyan.dist.ac: all (full), the even-indexed ones (selective), none."""
+    """Blocks checkpointed by banyan.parallel.ac: all (full), the even-indexed ones (selective), none."""
     return {"none": 0, "full": n_layer, "selective": (n_layer + 1) // 2}[ac]
 
 

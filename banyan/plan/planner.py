@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import ModelConfig
 from banyan.hardware import P2P_OFF_FACTOR, Accelerator, custom_gpu, gpu, interconnect, network, parse_gpus
 from banyan.plan import memory as M

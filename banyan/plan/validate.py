@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import OptimConfig, RunConfig
 from banyan.plan import memory as M
 from banyan.plan import speed as S
@@ -55,7 +55,7 @@ def resolve_device(device: str) -> torch.device:
 def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int, ac: str, chunk: int,
              device: str = "auto", mfu: float = 0.4) -> dict:
     """Train `steps` steps on random tokens; returns {"rows": [(quantity, predicted, measured, unit)], ...}."""
-    from banyan.dist.ac import apply_activation_checkpointing
+    from banyan.parallel.ac import apply_activation_checkpointing
     from banyan.hardware import cpu, match_device_name
     from banyan.losses import lm_loss
     from banyan.model import build_model

@@ -23,7 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import parse_cli, to_dict
 from banyan.rl.logs import eval_curve, plot_curves, read_metrics, write_json
 from banyan.rl.policies import NetConfig

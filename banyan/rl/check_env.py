@@ -29,7 +29,7 @@ import gymnasium as gym
 import numpy as np
 import tyro
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import parse_cli
 from banyan.rl.envs import EnvInfo, resolve_env
 from banyan.rl.logs import write_json

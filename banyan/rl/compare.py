@@ -24,7 +24,7 @@ from typing import Literal
 
 import numpy as np
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import parse_cli
 from banyan.rl.logs import atomic_write, eval_curve, plot_curves, read_metrics, write_json
 from banyan.rl.policies import NetConfig

@@ -29,7 +29,7 @@ import tensordict  # noqa: F401  (the `rl` extra: imported here so a missing one
 import torch
 import torchrl  # noqa: F401   the CLI turns into "install banyan-lm[rl]")
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 
 NOVEL_ID = "banyan/CartPoleNoVel-v0"
 

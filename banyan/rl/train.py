@@ -17,7 +17,7 @@ from typing import Literal
 
 import torch
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import LogConfig, parse_cli, to_dict, write_config
 from banyan.rl import dqn, ppo
 from banyan.rl.dqn import DQNConfig

@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from banyan.config import RunConfig, parse_cli, to_dict
-from banyan.dist.env import DistEnv
-from banyan.dist.parallel import parallelize
+from banyan.parallel.env import DistEnv
+from banyan.parallel.wrap import parallelize
 from banyan.train.metrics import peak_flops_for, peak_memory_mb
 from banyan.train.step import autocast_for, causal_lm_loss, train_step
 

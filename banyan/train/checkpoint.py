@@ -30,13 +30,10 @@ import torch
 import torch.nn as nn
 from safetensors.torch import load_model, save_model
 
-from banyan.config import ConfigError, ModelConfig, RunConfig, read_saved_config, to_dict, write_config
+from banyan.errors import CheckpointError, ConfigError
+from banyan.config import ModelConfig, RunConfig, read_saved_config, to_dict, write_config
 
 CKPT_DIR = "checkpoints"
-
-
-class CheckpointError(ConfigError):
-    """A missing, incomplete or incompatible checkpoint."""
 
 
 def atomic_write_text(path: Path, text: str) -> None:

@@ -32,7 +32,7 @@ import torch
 import torch.nn as nn
 
 from banyan.config import RunConfig, read_saved_config, write_config
-from banyan.dist.env import DistEnv
+from banyan.parallel.env import DistEnv
 from banyan.train import checkpoint as ckpt
 from banyan.train.checkpoint import CheckpointError
 

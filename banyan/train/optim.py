@@ -29,7 +29,7 @@ from typing import Any, Iterable
 import torch
 import torch.nn as nn
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import OptimConfig
 
 EXTRA_HINT = "install the extra: pip install 'banyan-lm[optim8bit]'"

@@ -25,10 +25,10 @@ from pathlib import Path
 
 import torch
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError, TrainingDiverged
 from banyan.config import ConfigError, RunConfig, parse_cli, to_dict, write_config
-from banyan.dist.env import DistEnv, agree_on_errors, check_same_config
-from banyan.dist.parallel import parallelize
+from banyan.parallel.env import DistEnv, agree_on_errors, check_same_config
+from banyan.parallel.wrap import parallelize
 from banyan.train import checkpoint as ckpt
 from banyan.train import dist_checkpoint as dist_ckpt
 from banyan.train import faults
@@ -37,12 +37,8 @@ from banyan.train.schedule import lr_factor, set_lr
 from banyan.train.step import autocast_for, causal_lm_loss, train_step
 
 
-class TrainingDiverged(BanyanError):
-    """Too many non-finite losses in a row."""
-
-
 def main(argv: list[str]) -> int:
-    from banyan.dist.launch import alias_nproc, launch_torchrun
+    from banyan.parallel.launch import alias_nproc, launch_torchrun
 
     argv = alias_nproc(argv)  # `--nproc N` is short for `--parallel.nproc N`
     cfg = parse_cli(RunConfig, argv, prog="banyan pretrain", default_preset="shakespeare")

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import torch
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import RunConfig, parse_cli, read_saved_config
-from banyan.dist.env import resolve_device
+from banyan.parallel.env import resolve_device
 from banyan.train import checkpoint as ckpt
 
 

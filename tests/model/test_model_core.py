@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import ConfigError
 from banyan.model import GPT2, Llama, build_model
 from banyan.model.llama import apply_rope, llama3_scale, rope_cos_sin, rope_inv_freq

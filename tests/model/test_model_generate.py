@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.model import build_model, sample_logits
 
 CASES = [("llama", {}), ("llama", {"n_kv_head": 1, "rope_scaling": "llama3", "rope_original_max_seq_len": 16}),

@@ -3,7 +3,7 @@
 import pytest
 
 from banyan import hardware as hw
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.plan.planner import resolve_hardware
 
 

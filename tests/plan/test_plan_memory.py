@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from banyan.config import ModelConfig, OptimConfig
-from banyan.dist.ac import apply_activation_checkpointing
+from banyan.parallel.ac import apply_activation_checkpointing
 from banyan.losses import lm_loss
 from banyan.model import build_model
 from banyan.plan import memory as M
@@ -52,7 +52,7 @@ def test_static_memory_equals_real_tensor_bytes(optim):
     predicted = M.static_bytes(M.param_specs(c), optim)
     assert predicted == {"params": tensor_bytes(model.parameters()), "grads": grads,
                          "optim": optimizer_state_bytes(opt)}
-    # sharding as banyan.dist.parallel does it: ZeRO-1 (ZeroRedundancyOptimizer) the optimizer state,
+    # sharding as banyan.parallel.wrap does it: ZeRO-1 (ZeroRedundancyOptimizer) the optimizer state,
     # ZeRO-2/3 (FSDP2) everything; FSDP accumulating over micro-batches holds unsharded fp32 grads too
     work = Workload(c, "tiny", seq=16, global_tokens=16 * 8, compute_bytes=4)
     ddp, z1, z2, z3 = (memory_bytes(work, s, optim, "none", 1, 4, cuda=False) for s in ("ddp", "zero1", "zero2",

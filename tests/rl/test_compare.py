@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.rl import bench
 from banyan.rl.compare import CompareConfig, aggregate, grid, main, markdown_table
 

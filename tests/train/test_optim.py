@@ -7,7 +7,7 @@ import sys
 import pytest
 import torch
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import ModelConfig, OptimConfig
 from banyan.losses import lm_loss
 from banyan.model import build_model

@@ -11,7 +11,7 @@ import time
 import pytest
 import torch
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import ConfigError, load_config, RunConfig
 from banyan.train import checkpoint as ckpt
 from banyan.train.metrics import read_metrics

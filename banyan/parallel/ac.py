@@ -26,7 +26,7 @@ from typing import Literal
 import torch.nn as nn
 from torch.utils.checkpoint import checkpoint
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 
 Mode = Literal["none", "full", "selective"]
 _CACHE: dict[type, type] = {}
@@ -42,7 +42,7 @@ def _checkpointed_class(cls: type) -> type:
 
         _CACHE[cls] = type(f"Checkpointed{cls.__name__}", (cls,), {
             "forward": forward, "_banyan_ac_base": cls, "__module__": cls.__module__,
-            "__doc__": f"{cls.__name__} with activation checkpointing (banyan.dist.ac)."})
+            "__doc__": f"{cls.__name__} with activation checkpointing (banyan.parallel.ac)."})
     return _CACHE[cls]
 
 

@@ -1,4 +1,4 @@
-"""Helpers for tests/dist: tiny run configs, torchrun/spawn launchers with hard timeouts, and the
+"""Helpers for tests/parallel: tiny run configs, torchrun/spawn launchers with hard timeouts, and the
 2-rank worker that runs every in-process scenario inside one gloo process group (spawning ranks
 costs seconds, so one spawn serves all the parity, resume and bad-input checks)."""
 
@@ -67,7 +67,7 @@ def free_port() -> int:
 
 
 def child_env(**extra) -> dict:
-    from banyan.dist.launch import RESTART_SAFE_STORE
+    from banyan.parallel.launch import RESTART_SAFE_STORE
 
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(REPO), RESTART_SAFE_STORE[0]: RESTART_SAFE_STORE[1],
            **extra}
@@ -115,7 +115,7 @@ def spawn(fn, args: tuple, nprocs: int, timeout: float) -> None:
 
 def _outcome(fn) -> dict:
     """Run one scenario on this rank: {'ok': True} or the error type and message."""
-    from banyan.dist.env import QuietExit
+    from banyan.parallel.env import QuietExit
 
     try:
         fn()
@@ -189,8 +189,8 @@ def worker(rank: int, world: int, port: int, data: str, root: str, single_run: s
 
 def _bench_check(rank: int, world: int) -> None:
     """The collectives of `banyan bench comm` give the exact answer, and a corrupted buffer is caught."""
-    from banyan.dist.bench_comm import BenchCommConfig, Collective, Watchdog, measure
-    from banyan.dist.env import DistEnv
+    from banyan.parallel.bench_comm import BenchCommConfig, Collective, Watchdog, measure
+    from banyan.parallel.env import DistEnv
 
     env = DistEnv.from_env("cpu")
     rows: list[dict] = []

@@ -12,7 +12,7 @@ per block, then torch.compile, then the data-parallel wrapper. Strategies:
     zero3   FSDP2 resharding after forward too: parameters, grads and optimizer state sharded
     hsdp    FSDP2 on a 2-D mesh (replicate x shard): shard within a node, replicate across nodes,
             so only a gradient all-reduce crosses the slow network
-    auto    picked by banyan.dist.auto from model size, free memory and node count
+    auto    picked by banyan.parallel.auto from model size, free memory and node count
 
 Rajbhandari et al. 2020 (ZeRO) for the stages; FSDP2 keeps each parameter as a DTensor sharded
 on dim 0, so the optimizer sees only its rank's shard.
@@ -30,7 +30,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from banyan.config import ConfigError, RunConfig
-from banyan.dist.env import DistEnv
+from banyan.parallel.env import DistEnv
 
 STRATEGIES = ("single", "ddp", "zero1", "zero2", "zero3", "hsdp")
 FSDP_STRATEGIES = ("zero2", "zero3", "hsdp")
@@ -162,13 +162,13 @@ def _fully_shard(model: nn.Module, strategy: str, cfg: RunConfig, env: DistEnv):
 
 def parallelize(model: nn.Module, cfg: RunConfig, env: DistEnv) -> Parallelized:
     """Apply AC, compile and the data-parallel strategy to `model` (already on env.device)."""
-    from banyan.dist.auto import choose_strategy
+    from banyan.parallel.auto import choose_strategy
 
     strategy, why = choose_strategy(model, cfg, env)
     check_strategy(strategy, cfg, env)
     notes = [f"strategy {strategy}: {why}"]
     if cfg.train.activation_checkpointing != "none":
-        from banyan.dist.ac import apply_activation_checkpointing
+        from banyan.parallel.ac import apply_activation_checkpointing
 
         apply_activation_checkpointing(model, cfg.train.activation_checkpointing)
     if strategy in FSDP_STRATEGIES:

@@ -91,7 +91,7 @@ def test_bench_comm_reports_a_hang(tmp_path):
 def test_watchdog_fires_on_a_blocked_call():
     import time
 
-    from banyan.dist.bench_comm import Watchdog
+    from banyan.parallel.bench_comm import Watchdog
 
     seen = []
     dog = Watchdog(0.2, seen.append)

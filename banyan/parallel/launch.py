@@ -54,7 +54,7 @@ def launch_torchrun(nproc: int, args: list[str], **kw) -> int:
     OMP_NUM_THREADS defaults to cores / N so N CPU ranks do not oversubscribe the machine.
     """
     if nproc < 1:
-        from banyan.config import ConfigError
+        from banyan.errors import ConfigError
 
         raise ConfigError(f"--nproc must be >= 1, got {nproc}")
     cmd = torchrun_command(nproc, args, **kw)

@@ -97,7 +97,7 @@ def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
         return torch.device("cuda", local_rank)
     dev = torch.device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from banyan.config import ConfigError
+        from banyan.errors import ConfigError
 
         raise ConfigError(f"train.device is '{device}' but CUDA is not available on this machine")
     return dev
@@ -127,8 +127,7 @@ def agree_on_errors(env: DistEnv):
     Rank 0 raises its own error (or a BanyanError quoting the failing ranks' errors); other ranks
     raise QuietExit. Errors outside banyan's own types also print their traceback on their rank.
     """
-    from banyan.cli import BanyanError
-    from banyan.config import ConfigError
+    from banyan.errors import BanyanError
 
     error: BaseException | None = None
     try:
@@ -137,7 +136,7 @@ def agree_on_errors(env: DistEnv):
         if not env.distributed:
             raise
         error = e
-        if not isinstance(e, (BanyanError, ConfigError, FileNotFoundError)):
+        if not isinstance(e, (BanyanError, FileNotFoundError)):
             traceback.print_exc(file=sys.stderr)
     if not env.distributed:
         return
@@ -159,7 +158,7 @@ def agree_on_errors(env: DistEnv):
 
 def check_same_config(config: dict, env: DistEnv, what: str = "config") -> None:
     """Every rank must run the same resolved config; names the first keys that differ."""
-    from banyan.config import ConfigError
+    from banyan.errors import ConfigError
 
     everyone = gather_json(config, env)
     diffs = []

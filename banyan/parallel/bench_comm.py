@@ -15,7 +15,7 @@ which is comparable with the link speed whatever the rank count. Every collectiv
 known data and compared with the exact answer (consumer GPUs with broken peer-to-peer copies return
 wrong data without an error), and every wait is bounded by `timeout_s`: a collective that does not
 finish is reported as a hang with the usual cures, and the process exits instead of waiting forever.
-On CUDA, rank 0 also prints the GPU peer-to-peer access matrix (banyan.dist.p2p).
+On CUDA, rank 0 also prints the GPU peer-to-peer access matrix (banyan.parallel.p2p).
 Results: a table on stdout, OUT/comm.json and OUT/comm.png.
 """
 
@@ -34,9 +34,9 @@ from typing import Callable, Literal
 import torch
 import torch.distributed as dist
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import parse_cli
-from banyan.dist.env import DistEnv
+from banyan.parallel.env import DistEnv
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter")
 MB = 2**20
@@ -168,7 +168,7 @@ def _agree(value: float, env: DistEnv, op=dist.ReduceOp.MAX) -> float:
 
 
 def _free_bytes(env: DistEnv) -> int:
-    from banyan.dist.auto import free_memory_bytes
+    from banyan.parallel.auto import free_memory_bytes
 
     return int(_agree(free_memory_bytes(env), env, dist.ReduceOp.MIN))
 
@@ -257,7 +257,7 @@ def _write_json(path: Path, data: dict) -> None:
 
 def run(cfg: BenchCommConfig) -> dict:
     """The benchmark body, on every rank of an initialised torchrun job; rank 0 reports."""
-    from banyan.dist import p2p
+    from banyan.parallel import p2p
 
     env = DistEnv.from_env(cfg.device)
     if env.world_size < 2:
@@ -304,7 +304,7 @@ def run(cfg: BenchCommConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from banyan.dist.launch import launch_torchrun, under_torchrun
+    from banyan.parallel.launch import launch_torchrun, under_torchrun
 
     argv = list(argv)
     cfg = parse_cli(BenchCommConfig, argv, prog="banyan bench comm")

@@ -1,4 +1,4 @@
-"""Fixtures for tests/dist: a tiny prepared corpus, the single-process reference run, and one spawn of
+"""Fixtures for tests/parallel: a tiny prepared corpus, the single-process reference run, and one spawn of
 2 gloo ranks that runs every in-process multi-rank scenario (see dist_helpers.worker)."""
 
 import json

@@ -1,14 +1,14 @@
-"""Single-process pieces of banyan.dist: the auto strategy's choices and reasons, refused combinations,
+"""Single-process pieces of banyan.parallel: the auto strategy's choices and reasons, refused combinations,
 launcher arguments, config comparison across ranks, bandwidth formulas."""
 
 import pytest
 import torch
 
 from banyan.config import ConfigError, RunConfig, load_config
-from banyan.dist import auto
-from banyan.dist.env import DistEnv, _diff_keys, agree_on_errors, check_same_config, gather_json
-from banyan.dist.launch import alias_nproc, torchrun_command
-from banyan.dist.parallel import check_strategy, parallelize, zero_redundancy
+from banyan.parallel import auto
+from banyan.parallel.env import DistEnv, _diff_keys, agree_on_errors, check_same_config, gather_json
+from banyan.parallel.launch import alias_nproc, torchrun_command
+from banyan.parallel.wrap import check_strategy, parallelize, zero_redundancy
 
 GB = 2**30
 
@@ -124,7 +124,7 @@ def test_config_comparison_names_keys():
 
 
 def test_agree_on_errors_single_process_reraises():
-    from banyan.cli import BanyanError
+    from banyan.errors import BanyanError
 
     with pytest.raises(BanyanError, match="boom"):
         with agree_on_errors(DistEnv()):
@@ -134,8 +134,8 @@ def test_agree_on_errors_single_process_reraises():
 
 
 def test_bus_bandwidth_factors_and_sizes():
-    from banyan.cli import BanyanError
-    from banyan.dist.bench_comm import BenchCommConfig, bus_factor, sizes_mb
+    from banyan.errors import BanyanError
+    from banyan.parallel.bench_comm import BenchCommConfig, bus_factor, sizes_mb
 
     assert bus_factor("all_reduce", 4) == pytest.approx(1.5)
     assert bus_factor("all_gather", 4) == pytest.approx(0.75) == bus_factor("reduce_scatter", 4)

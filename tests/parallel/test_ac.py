@@ -5,9 +5,9 @@ import copy
 import pytest
 import torch
 
-from banyan.cli import BanyanError
+from banyan.errors import BanyanError
 from banyan.config import ModelConfig
-from banyan.dist.ac import apply_activation_checkpointing, is_checkpointed
+from banyan.parallel.ac import apply_activation_checkpointing, is_checkpointed
 from banyan.losses import lm_loss
 from banyan.model import build_model
 from banyan.plan.validate import SavedTensorMeter

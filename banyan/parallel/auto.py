@@ -25,7 +25,7 @@ import torch.distributed as dist
 import torch.nn as nn
 
 from banyan.config import RunConfig
-from banyan.dist.env import DistEnv
+from banyan.parallel.env import DistEnv
 from banyan.plan import memory as M
 
 HEADROOM = 0.85  # fraction of free memory a plan may use (allocator fragmentation, buffers, comm)

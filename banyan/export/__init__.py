@@ -1,1 +1,0 @@
-"""banyan.export"""
