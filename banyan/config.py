@@ -165,9 +165,9 @@ class TrainConfig:
     eval_batches: int = 8
     """Micro-batches per validation."""
     sample_every: int = 0
-    """Print a sample from `sample_prompt` every this many steps (0: only at the end)."""
-    sample_prompt: str = "ROMEO:"
-    """Prompt for periodic samples."""
+    """Print a sample from `sample_prompt` every this many steps (0: never)."""
+    sample_prompt: str = ""
+    """Prompt for periodic samples; empty takes the opening tokens of the held-out data."""
     sample_tokens: int = 200
     """Tokens per periodic sample."""
     log_every: int = 10

@@ -96,6 +96,19 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def to_empty(model: nn.Module, device: torch.device) -> None:
+    """Allocate (uninitialised) storage for a meta-device model on `device`, keeping tied parameters tied.
+
+    Module.to_empty normally creates new Parameter objects, which silently unties a shared
+    embedding/head; swapping tensors in place keeps the Parameter objects (and their sharing)."""
+    old = torch.__future__.get_swap_module_params_on_conversion()
+    torch.__future__.set_swap_module_params_on_conversion(True)
+    try:
+        model.to_empty(device=device)
+    finally:
+        torch.__future__.set_swap_module_params_on_conversion(old)
+
+
 class CausalLM(nn.Module, abc.ABC):
     """Interface shared by the Llama and GPT-2 models (the trainer, FSDP wrapper and losses rely on it)."""
 
@@ -117,27 +130,43 @@ class CausalLM(nn.Module, abc.ABC):
     # names of the linear layers that write into the residual stream (scaled-down init)
     residual_out_names: tuple[str, ...] = ()
 
-    def init_weights(self) -> None:
-        """(Re-)initialise every parameter; deterministic under torch.manual_seed.
+    def init_plan(self) -> list[tuple[str, nn.Parameter, str, float]]:
+        """How every parameter is initialised, in the order the draws happen: (name, param, kind, std).
 
-        N(0, init_std) linear and embedding weights, zero biases, unit norm gains; the projections that
-        write into the residual stream get init_std/sqrt(2*n_layer) so its variance does not grow
-        with depth (GPT-2 paper, section 2.3).
+        kind is "normal" (N(0, std) from the global generator), "zeros" or "ones". N(0, init_std) linear
+        and embedding weights, zero biases, unit norm gains; the projections that write into the residual
+        stream get init_std/sqrt(2*n_layer) so its variance does not grow with depth (GPT-2 paper, 2.3).
+        A tied head appears twice (embedding, then head): the second draw is the one that stays.
+        banyan.parallel.materialize replays this plan shard by shard on a sharded model.
         """
         std = self.config.init_std
         out_std = std / math.sqrt(2 * self.config.n_layer)
+        plan = []
         for name, module in self.named_modules():
             if isinstance(module, nn.Linear):
-                nn.init.normal_(module.weight, 0.0, out_std if name.endswith(self.residual_out_names) else std)
+                plan.append((f"{name}.weight", module.weight, "normal",
+                             out_std if name.endswith(self.residual_out_names) else std))
                 if module.bias is not None:
-                    nn.init.zeros_(module.bias)
+                    plan.append((f"{name}.bias", module.bias, "zeros", 0.0))
             elif isinstance(module, nn.Embedding):
-                nn.init.normal_(module.weight, 0.0, std)
+                plan.append((f"{name}.weight", module.weight, "normal", std))
             elif module is not self and isinstance(getattr(module, "weight", None), torch.Tensor) \
                     and module.weight.ndim == 1:  # LayerNorm / RMSNorm
-                nn.init.ones_(module.weight)
+                plan.append((f"{name}.weight", module.weight, "ones", 1.0))
                 if getattr(module, "bias", None) is not None:
-                    nn.init.zeros_(module.bias)
+                    plan.append((f"{name}.bias", module.bias, "zeros", 0.0))
+        return plan
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """(Re-)initialise every parameter by `init_plan()`; deterministic under torch.manual_seed."""
+        for _, param, kind, std in self.init_plan():
+            if kind == "normal":
+                nn.init.normal_(param, 0.0, std)
+            elif kind == "zeros":
+                nn.init.zeros_(param)
+            else:
+                nn.init.ones_(param)
 
     @abc.abstractmethod
     def embedding_params(self) -> list[nn.Parameter]:

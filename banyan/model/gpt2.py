@@ -87,7 +87,6 @@ class GPT2(CausalLM):
         ))
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
-        self.init_weights()
 
     def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
         T = input_ids.size(1)

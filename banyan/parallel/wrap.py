@@ -160,10 +160,19 @@ def _fully_shard(model: nn.Module, strategy: str, cfg: RunConfig, env: DistEnv):
     return mesh
 
 
-def parallelize(model: nn.Module, cfg: RunConfig, env: DistEnv) -> Parallelized:
-    """Apply AC, compile and the data-parallel strategy to `model` (already on env.device)."""
-    from banyan.parallel.auto import choose_strategy
+def parallelize(model: nn.Module, cfg: RunConfig, env: DistEnv, init: bool = True) -> Parallelized:
+    """Apply AC, compile and the data-parallel strategy to `model`.
 
+    `model` may be on the meta device (the trainer builds it there): it gets storage on env.device
+    after sharding (FSDP: each rank allocates only its shards) and before the DDP wrapper (which
+    broadcasts rank 0's weights), then the deterministic init unless `init` is False (weights are
+    loaded next). A model that already has storage is moved to env.device as it is.
+    """
+    from banyan.parallel.auto import choose_strategy
+    from banyan.parallel.materialize import materialize
+
+    if not any(p.is_meta for p in model.parameters()):
+        model.to(env.device)  # built with storage (e.g. loaded from HF): shard from the device, as before
     strategy, why = choose_strategy(model, cfg, env)
     check_strategy(strategy, cfg, env)
     notes = [f"strategy {strategy}: {why}"]
@@ -177,12 +186,15 @@ def parallelize(model: nn.Module, cfg: RunConfig, env: DistEnv) -> Parallelized:
             for block in model.blocks():
                 block.compile()
         mesh = _fully_shard(model, strategy, cfg, env)
+        # with CPU offload the sharded parameters live in host memory (FSDP moves them per use)
+        materialize(model, torch.device("cpu") if cfg.parallel.cpu_offload else env.device, init)
         if strategy == "hsdp":  # pretrain prints notes[0]: say how the ranks were split there
             notes[0] += f"; mesh {mesh.shape[0]} replicas x {mesh.shape[1]} shards (shard within a node)"
         return Parallelized(model=model, raw=model, strategy=strategy, no_sync=fsdp_no_sync(model), notes=notes,
                             mesh=mesh)
     if cfg.parallel.mixed_precision:
         notes.append(f"parallel.mixed_precision applies to FSDP strategies; with {strategy} use train.dtype bf16")
+    materialize(model, env.device, init)
     compiled = torch.compile(model) if cfg.train.compile else model
     out = Parallelized(model=compiled, raw=model, strategy=strategy, notes=notes)
     if strategy == "single":

@@ -9,13 +9,14 @@ predicted total minus the CUDA context (which the allocator does not see).
 from __future__ import annotations
 
 import contextlib
+import copy
 import statistics
 import time
 
 import torch
 
 from banyan.errors import BanyanError
-from banyan.config import OptimConfig, RunConfig
+from banyan.config import RunConfig
 from banyan.plan import memory as M
 from banyan.plan import speed as S
 
@@ -55,20 +56,23 @@ def resolve_device(device: str) -> torch.device:
 def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int, ac: str, chunk: int,
              device: str = "auto", mfu: float = 0.4) -> dict:
     """Train `steps` steps on random tokens; returns {"rows": [(quantity, predicted, measured, unit)], ...}."""
-    from banyan.parallel.ac import apply_activation_checkpointing
     from banyan.hardware import cpu, match_device_name
     from banyan.losses import lm_loss
-    from banyan.model import build_model
-    from banyan.train.optim import build_optimizer, optimizer_state_bytes, tensor_bytes
+    from banyan.parallel.env import DistEnv
+    from banyan.train.optim import optimizer_state_bytes, tensor_bytes
+    from banyan.train.trainer import build_parallel
 
     if steps < 1 or micro_batch < 1:
         raise BanyanError(f"--steps and --micro-batch must be >= 1 (got {steps}, {micro_batch})")
     dev = resolve_device(device)
     mc = cfg.model
+    # the Trainer's own set-up (meta build, parallelize with AC, init, optimizer), on one device
+    vcfg = copy.deepcopy(cfg)
+    vcfg.optim.name, vcfg.parallel.strategy, vcfg.train.compile = optim, "single", False
+    vcfg.train.activation_checkpointing, vcfg.train.chunked_loss = ac, chunk
     torch.manual_seed(cfg.train.seed)
-    model = build_model(mc).to(dev)
-    apply_activation_checkpointing(model, ac)
-    opt = build_optimizer(model, OptimConfig(**{**vars(cfg.optim), "name": optim}), dev.type)
+    par, opt = build_parallel(vcfg, DistEnv(device=dev))
+    model = par.raw
     cuda = dev.type == "cuda"
     e = 2 if cuda else 4
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()

@@ -16,9 +16,8 @@ import torch
 
 from banyan.config import RunConfig, parse_cli, to_dict
 from banyan.parallel.env import DistEnv
-from banyan.parallel.wrap import parallelize
 from banyan.train.metrics import peak_flops_for, peak_memory_mb
-from banyan.train.step import autocast_for, causal_lm_loss, train_step
+from banyan.train.step import autocast_for, train_step
 
 
 @dataclass
@@ -34,28 +33,29 @@ class BenchTrainConfig(RunConfig):
 
 
 def bench(cfg: BenchTrainConfig) -> dict:
-    from banyan.model import build_model
-    from banyan.train.optim import build_optimizer
+    from banyan.train.lm import causal_lm_loss
+    from banyan.train.task import labelled_count
+    from banyan.train.trainer import build_parallel
 
     env = DistEnv.from_env(cfg.train.device)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = 2048
     cfg.finalize()
     torch.manual_seed(cfg.train.seed)
-    model = build_model(cfg.model).to(env.device)
-    par = parallelize(model, cfg, env)
-    opt = par.shard_optimizer(build_optimizer(par.raw, cfg.optim, env.device.type))
+    par, opt = build_parallel(cfg, env)  # the Trainer's own set-up: meta build, parallelize, init
     n_micro = cfg.grad_accum(env.world_size)
-    loss_fn = causal_lm_loss(cfg.train.chunked_loss)
     autocast = autocast_for(env.device, cfg.train.dtype)
     B, T, V = cfg.train.micro_batch, cfg.train.seq_len, cfg.model.vocab_size
     g = torch.Generator().manual_seed(0)
     data = torch.randint(0, V, (n_micro, B, T + 1), generator=g).to(env.device)
+    batches = [{"input_ids": data[m, :, :-1], "labels": data[m, :, 1:]} for m in range(n_micro)]
+
+    def loss_fn(model, batch):
+        return causal_lm_loss(model, batch, cfg.train.chunked_loss)
 
     def one_step():
-        batches = ((data[m, :, :-1], data[m, :, 1:]) for m in range(n_micro))
-        r = train_step(par.model, opt, batches, n_micro, loss_fn, cfg.train.grad_clip, autocast, par.no_sync,
-                       par.all_reduce_mean)
+        r = train_step(par.model, opt, batches, loss_fn, labelled_count,
+                       cfg.train.grad_clip, autocast, par.no_sync)
         if env.device.type == "cuda":
             torch.cuda.synchronize()
         return r

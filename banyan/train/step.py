@@ -1,32 +1,44 @@
-"""The one train step every stage shares (pretrain today; SFT / DPO reuse it with another loss).
+"""The one train step every stage shares: token-weighted gradient accumulation over micro-batches and ranks.
 
-    for each micro-batch (x, y) of the step:            # gradient accumulation
-        with no_sync (all but last) and autocast:
-            loss = loss_fn(model, x, y) / n_micro
-        loss.backward()
-    if every loss is finite: clip grads, optimizer.step()  else: skip the update
+    counts  = [task.count(b) for b in micro_batches]          # known before any forward
+    N       = all_reduce_sum(sum(counts))                      # items trained this step, all ranks
+    for each micro-batch b (no_sync on all but the last, autocast):
+        loss_sum, n, metrics = task.loss(model, b)
+        (loss_sum * world / N).backward()                      # DDP/FSDP average over ranks: * world
+    loss = all_reduce_sum(sum of loss_sum) / N                 # the mean over every trained item
+    if loss and grad norm are finite: clip, optimizer.step()  else: skip the update
     optimizer.zero_grad()
+
+Dividing each micro-batch's mean by the number of micro-batches (what most loops do) weighs a
+micro-batch with 3 trained tokens like one with 300; here every trained token (or pair, or
+rollout) weighs the same whatever the padding, accumulation and world size, so the gradient
+equals one process's on the concatenated batch (tests/parallel: 2 ranks, uneven masks).
 """
 
 from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Iterable
 
 import torch
+import torch.distributed as dist
 import torch.nn as nn
 
+from banyan.train.task import Batch
 
-LossFn = Callable[[nn.Module, torch.Tensor, torch.Tensor], torch.Tensor]
+LossFn = Callable[[nn.Module, Batch], tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]]
+CountFn = Callable[[Batch], torch.Tensor]
 
 
 @dataclass
 class StepResult:
-    loss: float        # mean loss over the step's micro-batches (nats/token for LM losses)
+    loss: float        # loss per counted item over the whole step (all micro-batches and ranks)
     grad_norm: float   # global L2 norm before clipping (nan when skipped)
     finite: bool       # False when the loss or the gradient was nan/inf and the update was skipped
+    count: int = 0     # items (e.g. trained tokens) in the step, all ranks
+    metrics: dict[str, float] = field(default_factory=dict)  # each metric sum / count
 
 
 def autocast_for(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
@@ -39,21 +51,16 @@ def autocast_for(device: torch.device, dtype: str) -> contextlib.AbstractContext
     return torch.autocast(device_type=device.type, dtype=torch_dtype)
 
 
-def causal_lm_loss(chunk: int = 0) -> LossFn:
-    """Next-token cross-entropy from the model's final hidden states (chunked when chunk > 0)."""
+def all_reduce_sum(t: torch.Tensor) -> torch.Tensor:
+    """Sum over ranks (a no-op in one process); returns a new tensor."""
+    t = t.detach().clone()
+    if dist.is_initialized() and dist.get_world_size() > 1:
+        dist.all_reduce(t, op=dist.ReduceOp.SUM)
+    return t
 
-    def fn(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
-        if chunk:
-            # go through forward (not .hidden_states) so DDP/FSDP hooks run; [B,T,D] -> chunked CE
-            from banyan.losses import lm_loss
 
-            hidden = model(x, return_hidden=True)
-            core = getattr(model, "module", model)  # DDP wraps the model; FSDP2 does not
-            return lm_loss(hidden, core.output_weight(), y, chunk=chunk)
-        logits = model(x)
-        return torch.nn.functional.cross_entropy(logits.float().flatten(0, 1), y.flatten())
-
-    return fn
+def world_size() -> int:
+    return dist.get_world_size() if dist.is_initialized() else 1
 
 
 def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
@@ -65,27 +72,42 @@ def clip_grad_norm(model: nn.Module, max_norm: float) -> torch.Tensor:
     return norm
 
 
-def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
-               n_micro: int, loss_fn: LossFn, grad_clip: float = 1.0,
-               autocast: contextlib.AbstractContextManager | None = None,
-               no_sync: Callable[[], contextlib.AbstractContextManager] | None = None,
-               all_reduce_mean: Callable[[torch.Tensor], torch.Tensor] | None = None) -> StepResult:
-    """One optimizer step over `n_micro` micro-batches; skips the update on a non-finite loss/grad."""
-    total = None
-    for i, (x, y) in enumerate(batches):
-        last = i == n_micro - 1
-        sync_ctx = no_sync() if (no_sync is not None and not last) else contextlib.nullcontext()
-        with sync_ctx:
+def backward_step(model: nn.Module, batches: list[Batch], loss_fn: LossFn, count_fn: CountFn,
+                  autocast: contextlib.AbstractContextManager | None = None,
+                  no_sync: Callable[[], contextlib.AbstractContextManager] | None = None):
+    """Forward + backward of every micro-batch, token-weighted; returns (loss sum, global count, metric sums)."""
+    device = next(model.parameters()).device
+    local = torch.stack([count_fn(b).to(device=device, dtype=torch.float64) for b in batches]).sum()
+    n_global = all_reduce_sum(local)
+    # DDP/FSDP average gradients over ranks; scaling by the world size turns that into a global sum
+    scale = world_size() / n_global.clamp(min=1.0)
+    loss_total = torch.zeros((), dtype=torch.float64, device=device)
+    metric_sums: dict[str, torch.Tensor] = {}
+    for i, b in enumerate(batches):
+        last = i == len(batches) - 1
+        with no_sync() if (no_sync is not None and not last) else contextlib.nullcontext():
             with autocast or contextlib.nullcontext():
-                loss = loss_fn(model, x, y)
-            (loss / n_micro).backward()
-        total = loss.detach().float() if total is None else total + loss.detach().float()
-    mean_loss = total / n_micro
-    if all_reduce_mean is not None:
-        mean_loss = all_reduce_mean(mean_loss)
+                loss_sum, _, metrics = loss_fn(model, b)
+            (loss_sum * scale.to(loss_sum.dtype)).backward()
+        loss_total += loss_sum.detach().double()
+        for k, v in metrics.items():
+            metric_sums[k] = metric_sums.get(k, 0) + v.detach().double()
+    return loss_total, n_global, metric_sums
+
+
+def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iterable[Batch], loss_fn: LossFn,
+               count_fn: CountFn, grad_clip: float = 1.0, autocast: contextlib.AbstractContextManager | None = None,
+               no_sync: Callable[[], contextlib.AbstractContextManager] | None = None) -> StepResult:
+    """One optimizer step over the micro-batches; skips the update on a non-finite loss/grad or an empty step."""
+    loss_total, n_global, metric_sums = backward_step(model, list(batches), loss_fn, count_fn, autocast, no_sync)
+    names = sorted(metric_sums)
+    sums = all_reduce_sum(torch.stack([loss_total, *[metric_sums[k] for k in names]]))
+    n = float(n_global)
+    mean_loss = float(sums[0]) / n if n > 0 else math.nan
     norm = clip_grad_norm(model, grad_clip)
-    finite = bool(torch.isfinite(mean_loss)) and bool(torch.isfinite(norm))
+    finite = n > 0 and math.isfinite(mean_loss) and bool(torch.isfinite(norm))
     if finite:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    return StepResult(float(mean_loss), float(norm) if finite else math.nan, finite)
+    metrics = {k: float(v) / n for k, v in zip(names, sums[1:].tolist())} if n > 0 else {}
+    return StepResult(mean_loss, float(norm) if finite else math.nan, finite, int(n), metrics)

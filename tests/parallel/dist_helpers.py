@@ -182,6 +182,10 @@ def worker(rank: int, world: int, port: int, data: str, root: str, single_run: s
     results["wrong_model"] = _outcome(lambda: train(tiny_run(data, root_p / "bad_model", 2, "zero3", resume=True,
                                                              model={"n_layer": 3})))
     results["bench"] = _outcome(lambda: _bench_check(rank, world))
+    import trainer_checks
+
+    results["token_weighted"] = _outcome(lambda: trainer_checks.token_weighted(rank, world))
+    results["meta_zero3"] = _outcome(lambda: trainer_checks.meta_zero3(rank, world))
     (root_p / f"results_rank{rank}.json").write_text(json.dumps(results, indent=1))
     dist.barrier()
     dist.destroy_process_group()

@@ -35,7 +35,9 @@ def test_overfits_a_fixed_batch():
     from banyan.model import build_model
     from banyan.train.optim import build_optimizer
     from banyan.config import OptimConfig
-    from banyan.train.step import causal_lm_loss, train_step
+    from banyan.train.lm import causal_lm_loss
+    from banyan.train.step import train_step
+    from banyan.train.task import labelled_count
 
     torch.manual_seed(0)
     model = build_model(ModelConfig(vocab_size=50, n_layer=2, n_head=2, d_model=32, max_seq_len=32))
@@ -43,7 +45,7 @@ def test_overfits_a_fixed_batch():
     x = torch.randint(0, 50, (4, 17))
     first = None
     for _ in range(60):
-        r = train_step(model, opt, [(x[:, :-1], x[:, 1:])], 1, causal_lm_loss(), 1.0)
+        r = train_step(model, opt, [{"input_ids": x[:, :-1], "labels": x[:, 1:]}], causal_lm_loss, labelled_count, 1.0)
         first = first if first is not None else r.loss
     assert first > 3.5 and r.loss < 0.3, (first, r.loss)
 
@@ -119,7 +121,9 @@ def test_skipped_step_leaves_weights_unchanged():
     opt = build_optimizer(model, OptimConfig(lr=1e-2))
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x = torch.randint(0, 20, (2, 9))
-    r = train_step(model, opt, [(x[:, :-1], x[:, 1:])], 1, lambda m, a, b: m(a).sum() * float("inf"))
+    r = train_step(model, opt, [{"input_ids": x[:, :-1], "labels": x[:, 1:]}],
+                   lambda m, b: (m(b["input_ids"]).sum() * float("inf"), b["labels"].numel(), {}),
+                   lambda b: torch.tensor(b["labels"].numel()))
     assert not r.finite
     assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
     assert all(p.grad is None for p in model.parameters())
