@@ -32,14 +32,9 @@ from safetensors.torch import load_model, save_model
 
 from banyan.errors import CheckpointError, ConfigError
 from banyan.config import ModelConfig, RunConfig, read_saved_config, to_dict, write_config
+from banyan.io import atomic_write_text
 
 CKPT_DIR = "checkpoints"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- RNG
