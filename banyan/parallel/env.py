@@ -89,17 +89,21 @@ class DistEnv:
             dist.destroy_process_group()
 
 
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` = cuda:LOCAL_RANK when CUDA is present, else cpu; `cuda` picks the local rank's GPU."""
+def resolve_device(device: str = "auto", local_rank: int = 0, *, flag: str = "train.device") -> torch.device:
+    """The one device resolver: `auto` = cuda:LOCAL_RANK when CUDA is present, else cpu; `cuda` picks
+    the local rank's GPU; anything else is passed to torch.device. `flag` names the setting in errors."""
+    from banyan.errors import ConfigError
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
+    if device == "cuda" and torch.cuda.is_available():
         return torch.device("cuda", local_rank)
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"{flag} is '{device}'; expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from banyan.errors import ConfigError
-
-        raise ConfigError(f"train.device is '{device}' but CUDA is not available on this machine")
+        raise ConfigError(f"{flag} is '{device}' but CUDA is not available on this machine")
     return dev
 
 
