@@ -8,8 +8,8 @@ write into one temp file. If writing fails the temp file is removed and the old 
 
 `atomic_path` is for writers that want a path (safetensors `save_file`, `torch.save`,
 matplotlib `savefig`); the temp name keeps the target's extension because some of them pick
-the format from it. Folder-sized outputs (checkpoints, prepared data sets) are swapped in as
-whole folders by their own modules; this module is for single files.
+the format from it. Folder-sized outputs (checkpoints, prepared data sets) are written into a
+temp folder by their modules and put in place with `replace_dir`.
 
 Imports nothing from banyan, so every layer may use it.
 """
@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -82,6 +83,25 @@ def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 2
     return atomic_write_text(path, json.dumps(data, indent=indent, default=default) + "\n")
 
 
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Rename the fully written folder `tmp` to `final`; an existing `final` is moved aside first
+    (to a hidden `.NAME.oldPID`, so globs for finished outputs never list it) and removed after.
+
+    Folders cannot be swapped in one rename: between the two renames `final` is briefly absent,
+    but it is never half-written.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)  # left by an earlier crash of a process with this pid
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
 def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     """Save a matplotlib figure to `path` atomically (format from the extension), then close it."""
     import matplotlib.pyplot as plt
@@ -94,4 +114,5 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "save_figure", "temp_name"]
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "replace_dir", "save_figure",
+           "temp_name"]

@@ -6,7 +6,7 @@ import os
 import pytest
 import torch
 
-from banyan.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, temp_name
+from banyan.io import atomic_path, atomic_write_bytes, atomic_write_json, atomic_write_text, replace_dir, temp_name
 
 
 def test_writes_create_parent_and_replace(tmp_path):
@@ -64,3 +64,14 @@ def test_temp_name_is_hidden_per_process_and_keeps_extension(tmp_path):
     assert t.parent == tmp_path and t.name.startswith(".") and str(os.getpid()) in t.name
     t.touch()  # a checkpoint pruner globbing `step_*` must not see a half-written file
     assert t.suffix == ".safetensors" and not list(tmp_path.glob("step_*"))
+
+
+def test_replace_dir_swaps_a_finished_folder_in(tmp_path):
+    final = tmp_path / "step_000010"
+    for content in ("first", "second"):
+        tmp = tmp_path / f".step_000010.tmp{os.getpid()}"
+        tmp.mkdir()
+        (tmp / "model.bin").write_text(content)
+        assert replace_dir(tmp, final) == final
+        assert (final / "model.bin").read_text() == content
+    assert [q.name for q in tmp_path.iterdir()] == ["step_000010"]  # neither the temp nor the old folder
