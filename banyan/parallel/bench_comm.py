@@ -249,7 +249,7 @@ def run(cfg: BenchCommConfig) -> dict:
     """The benchmark body, on every rank of an initialised torchrun job; rank 0 reports."""
     from banyan.parallel import p2p
 
-    env = DistEnv.from_env(cfg.device)
+    env = DistEnv.from_env(cfg.device, flag="--device")
     if env.world_size < 2:
         raise BanyanError("banyan bench comm needs 2+ processes: run it without torchrun (it launches "
                           "itself) or with torchrun --nproc_per_node N (N >= 2)")

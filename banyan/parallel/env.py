@@ -51,17 +51,17 @@ class DistEnv:
         return max(1, self.world_size // max(1, self.local_world_size))
 
     @staticmethod
-    def from_env(device: str = "auto") -> "DistEnv":
+    def from_env(device: str = "auto", *, flag: str = "train.device") -> "DistEnv":
         """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun) and pick the device; init the process group.
 
         BANYAN_DIST_TIMEOUT_S (default 600) bounds every collective, so a dead peer turns into an
-        error instead of a hang.
+        error instead of a hang. `flag` names the device setting in errors.
         """
         rank = int(os.environ.get("RANK", 0))
         world = int(os.environ.get("WORLD_SIZE", 1))
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        dev = resolve_device(device, local_rank)
+        dev = resolve_device(device, local_rank, flag=flag)
         owns = False
         if world > 1 and not dist.is_initialized():
             backend = "nccl" if dev.type == "cuda" else "gloo"
