@@ -397,11 +397,10 @@ def write_config(obj: Any, path: str | Path, extra: dict | None = None) -> Path:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    from banyan.io import atomic_write_text
+
     data = {"git_commit": git_commit(), **(extra or {}), **to_dict(obj)}
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(tomli_w.dumps(data))
-    os.replace(tmp, path)
-    return path
+    return atomic_write_text(path, tomli_w.dumps(data))
 
 
 def read_saved_config(cls: type[T], path: str | Path) -> T:

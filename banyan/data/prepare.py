@@ -35,6 +35,7 @@ from banyan.data import DataError
 from banyan.data.shards import META_FORMAT, ShardWriter, dtype_for_vocab
 from banyan.data.sources import SourceStats, describe, iter_documents
 from banyan.data.tokenizer import Tokenizer, build_tokenizer, parse_spec
+from banyan.io import atomic_write_json, replace_dir
 
 META_VERSION = 1
 LAYOUT = "each document's tokens followed by <|eos|>; no <|bos|>"
@@ -342,29 +343,12 @@ def prepare(cfg: PrepareConfig) -> dict:
                        "tokenize_mb_s": round(text_bytes / 1e6 / max(t_enc, 1e-9), 3), "workers": workers},
             "config": dataclasses.asdict(cfg),
         }
-        _write_json(tmp / "meta.json", meta)
-        _swap_into_place(tmp, out)
+        atomic_write_json(tmp / "meta.json", meta)
+        replace_dir(tmp, out)  # an earlier prepared set in `out` is replaced only now, when complete
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     _print_summary(meta, out)
     return meta
-
-
-def _write_json(path: Path, data: dict) -> None:
-    part = path.with_name(path.name + ".tmp")
-    part.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
-    os.replace(part, path)
-
-
-def _swap_into_place(tmp: Path, out: Path) -> None:
-    """Rename the finished temp folder to `out`, replacing an earlier prepared set if there is one."""
-    old = None
-    if out.exists():
-        old = out.parent / f".{out.name}.old-{os.getpid()}"
-        os.replace(out, old)
-    os.replace(tmp, out)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _print_summary(meta: dict, out: Path) -> None:

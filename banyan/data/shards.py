@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from banyan.errors import DataError, ShardError
+from banyan.io import atomic_path
 
 MAGIC = b"BANYANTK"
 META_FORMAT = "banyan-token-shards"  # meta.json "format" of a prepared folder (prepare.py, loader.py)
@@ -70,16 +71,9 @@ def write_shard(path: str | os.PathLike, tokens: np.ndarray, vocab_size: int) ->
     dtype = dtype_for_vocab(vocab_size)
     data = np.ascontiguousarray(tokens, dtype=dtype)
     header = _HEADER.pack(MAGIC, VERSION, _code(dtype), vocab_size, data.size, zlib.crc32(data), HEADER_SIZE)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(header.ljust(HEADER_SIZE, b"\0"))
-            f.write(memoryview(data).cast("B"))
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:  # fsynced before the rename
+        f.write(header.ljust(HEADER_SIZE, b"\0"))
+        f.write(memoryview(data).cast("B"))
     return path
 
 

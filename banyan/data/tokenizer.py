@@ -22,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from banyan.data import DataError
+from banyan.io import atomic_write_text
 
 SPECIAL_TOKENS = ("<|bos|>", "<|eos|>", "<|pad|>", "<|user|>", "<|assistant|>", "<|system|>", "<|end|>")
 # GPT-4 (cl100k) style split, written as a fact from its published regex: contractions, letter runs
@@ -184,15 +185,7 @@ class Tokenizer:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write `directory/tokenizer.json` atomically; returns its path."""
         directory = Path(directory)
-        directory.mkdir(parents=True, exist_ok=True)
-        path = directory / "tokenizer.json"
-        tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-        try:
-            tmp.write_text(self.to_str(), encoding="utf-8")
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
+        return atomic_write_text(Path(directory) / "tokenizer.json", self.to_str())
 
     def __repr__(self) -> str:
         return f"Tokenizer(kind={self.kind!r}, vocab_size={self.vocab_size})"

@@ -22,7 +22,6 @@ Results: a table on stdout, OUT/comm.json and OUT/comm.png.
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import sys
 import threading
@@ -36,6 +35,7 @@ import torch.distributed as dist
 
 from banyan.errors import BanyanError
 from banyan.config import parse_cli
+from banyan.io import atomic_write_json, save_figure
 from banyan.parallel.env import DistEnv
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter")
@@ -242,24 +242,14 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     ax.grid(True, alpha=0.3)
     ax.legend()
     fig.tight_layout()
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, path)
-
-
-def _write_json(path: Path, data: dict) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str))
-    os.replace(tmp, path)
+    save_figure(fig, path)
 
 
 def run(cfg: BenchCommConfig) -> dict:
     """The benchmark body, on every rank of an initialised torchrun job; rank 0 reports."""
     from banyan.parallel import p2p
 
-    env = DistEnv.from_env(cfg.device)
+    env = DistEnv.from_env(cfg.device, flag="--device")
     if env.world_size < 2:
         raise BanyanError("banyan bench comm needs 2+ processes: run it without torchrun (it launches "
                           "itself) or with torchrun --nproc_per_node N (N >= 2)")
@@ -276,7 +266,7 @@ def run(cfg: BenchCommConfig) -> dict:
         print(f"rank {env.rank}: HANG: {result['hang']}", file=sys.stderr, flush=True)
         if env.is_main:
             result["advice"] = p2p.advice(report, env.num_nodes, hang=True)
-            _write_json(out / "comm.json", result)
+            atomic_write_json(out / "comm.json", result, indent=1, default=str)
             print(format_table(result["results"]))
             why = ("on a multi-GPU box this usually means broken peer-to-peer copies or a wrong network interface"
                    if report is not None else "a peer never joined the collective")
@@ -295,7 +285,7 @@ def run(cfg: BenchCommConfig) -> dict:
         print(format_table(result["results"]))
         for line in result["advice"]:
             print("advice:", line)
-        _write_json(out / "comm.json", result)
+        atomic_write_json(out / "comm.json", result, indent=1, default=str)
         plot(result["results"], out / "comm.png", f"{backend}, {env.world_size} ranks, {device_name}")
         print(f"wrote {out / 'comm.json'} and {out / 'comm.png'}")
     env.barrier()

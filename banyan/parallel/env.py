@@ -51,17 +51,17 @@ class DistEnv:
         return max(1, self.world_size // max(1, self.local_world_size))
 
     @staticmethod
-    def from_env(device: str = "auto") -> "DistEnv":
+    def from_env(device: str = "auto", *, flag: str = "train.device") -> "DistEnv":
         """Read RANK/WORLD_SIZE/LOCAL_RANK (set by torchrun) and pick the device; init the process group.
 
         BANYAN_DIST_TIMEOUT_S (default 600) bounds every collective, so a dead peer turns into an
-        error instead of a hang.
+        error instead of a hang. `flag` names the device setting in errors.
         """
         rank = int(os.environ.get("RANK", 0))
         world = int(os.environ.get("WORLD_SIZE", 1))
         local_rank = int(os.environ.get("LOCAL_RANK", 0))
         local_world = int(os.environ.get("LOCAL_WORLD_SIZE", world))
-        dev = resolve_device(device, local_rank)
+        dev = resolve_device(device, local_rank, flag=flag)
         owns = False
         if world > 1 and not dist.is_initialized():
             backend = "nccl" if dev.type == "cuda" else "gloo"
@@ -89,17 +89,21 @@ class DistEnv:
             dist.destroy_process_group()
 
 
-def resolve_device(device: str = "auto", local_rank: int = 0) -> torch.device:
-    """`auto` = cuda:LOCAL_RANK when CUDA is present, else cpu; `cuda` picks the local rank's GPU."""
+def resolve_device(device: str = "auto", local_rank: int = 0, *, flag: str = "train.device") -> torch.device:
+    """The one device resolver: `auto` = cuda:LOCAL_RANK when CUDA is present, else cpu; `cuda` picks
+    the local rank's GPU; anything else is passed to torch.device. `flag` names the setting in errors."""
+    from banyan.errors import ConfigError
+
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda":
+    if device == "cuda" and torch.cuda.is_available():
         return torch.device("cuda", local_rank)
-    dev = torch.device(device)
+    try:
+        dev = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"{flag} is '{device}'; expected auto, cpu, cuda or cuda:N") from None
     if dev.type == "cuda" and not torch.cuda.is_available():
-        from banyan.errors import ConfigError
-
-        raise ConfigError(f"train.device is '{device}' but CUDA is not available on this machine")
+        raise ConfigError(f"{flag} is '{device}' but CUDA is not available on this machine")
     return dev
 
 

@@ -19,6 +19,7 @@ from banyan.errors import BanyanError
 from banyan.config import RunConfig
 from banyan.plan import memory as M
 from banyan.plan import speed as S
+from banyan.parallel.env import resolve_device
 
 
 class SavedTensorMeter:
@@ -44,15 +45,6 @@ class SavedTensorMeter:
         return sum(self.seen.values())
 
 
-def resolve_device(device: str) -> torch.device:
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    dev = torch.device(device)
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BanyanError(f"--device {device}: CUDA is not available here")
-    return dev
-
-
 def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int, ac: str, chunk: int,
              device: str = "auto", mfu: float = 0.4) -> dict:
     """Train `steps` steps on random tokens; returns {"rows": [(quantity, predicted, measured, unit)], ...}."""
@@ -64,7 +56,7 @@ def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int,
 
     if steps < 1 or micro_batch < 1:
         raise BanyanError(f"--steps and --micro-batch must be >= 1 (got {steps}, {micro_batch})")
-    dev = resolve_device(device)
+    dev = resolve_device(device, flag="--device")
     mc = cfg.model
     # the Trainer's own set-up (meta build, parallelize with AC, init, optimizer), on one device
     vcfg = copy.deepcopy(cfg)

@@ -25,7 +25,9 @@ import torch
 
 from banyan.errors import BanyanError
 from banyan.config import parse_cli, to_dict
-from banyan.rl.logs import eval_curve, plot_curves, read_metrics, write_json
+from banyan.io import atomic_write_json
+from banyan.logger import read_metrics
+from banyan.rl.curves import eval_curve, plot_curves
 from banyan.rl.policies import NetConfig
 from banyan.rl.ppo import PPOConfig
 
@@ -103,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
         "machine": {"cpu_count": mp.cpu_count(), "torch": torch.__version__, "python": platform.python_version()},
         "config": dataclasses.asdict(cfg), "runs": runs,
     }
-    write_json(Path(cfg.out) / "bench_rl.json", result)
+    atomic_write_json(Path(cfg.out) / "bench_rl.json", result, default=float)
     curves = [eval_curve(read_metrics(Path(cfg.out) / f"seed{s['seed']}" / "metrics.jsonl")) for s in runs]
     plot_curves({f"ppo/{cfg.policy}": curves}, Path(cfg.out) / "learning_curve.png",
                 title=f"{cfg.env}: PPO, {cfg.seeds} seeds (mean, min-max)", threshold=threshold)

@@ -32,7 +32,7 @@ import tyro
 from banyan.errors import BanyanError
 from banyan.config import parse_cli
 from banyan.rl.envs import EnvInfo, resolve_env
-from banyan.rl.logs import write_json
+from banyan.io import atomic_write_json
 
 
 @dataclass
@@ -272,7 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     rep = probe(info, cfg)
     print(format_report(rep))
     if cfg.json:
-        write_json(cfg.json, rep)
+        atomic_write_json(cfg.json, rep, default=float)
     return 1 if rep["warnings"] else 0
 
 

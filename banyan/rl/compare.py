@@ -26,7 +26,9 @@ import numpy as np
 
 from banyan.errors import BanyanError
 from banyan.config import parse_cli
-from banyan.rl.logs import atomic_write, eval_curve, plot_curves, read_metrics, write_json
+from banyan.io import atomic_write_json, atomic_write_text
+from banyan.logger import read_metrics
+from banyan.rl.curves import eval_curve, plot_curves
 from banyan.rl.policies import NetConfig
 from banyan.rl.ppo import PPOConfig
 from banyan.rl.dqn import DQNConfig
@@ -157,10 +159,10 @@ def run_grid(cfg: CompareConfig) -> list[dict]:
     rows = aggregate(summaries)
     table = markdown_table(rows)
     wall = time.perf_counter() - t0
-    atomic_write(out / "results.md", f"# banyan rl compare ({cfg.algo}, {cfg.steps} env steps, {cfg.seeds} seeds, "
-                 f"{jobs} parallel jobs, {wall:.0f} s total)\n\n{table}\n")
-    write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "rows": rows, "runs": summaries,
-                                      "wall_seconds": wall})
+    atomic_write_text(out / "results.md", f"# banyan rl compare ({cfg.algo}, {cfg.steps} env steps, {cfg.seeds} "
+                      f"seeds, {jobs} parallel jobs, {wall:.0f} s total)\n\n{table}\n")
+    atomic_write_json(out / "results.json", {"config": dataclasses.asdict(cfg), "rows": rows, "runs": summaries,
+                                             "wall_seconds": wall}, default=float)
     for env in dict.fromkeys(r["env"] for r in rows):
         curves = {}
         for s in sorted(summaries, key=lambda s: (s["policy"], s["seed"])):

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from banyan.rl.logs import MetricsLogger
+from banyan.logger import MetricsLogger
 from banyan.rl.loop import Run
 from banyan.rl.policies import count_params, make_qnet
 

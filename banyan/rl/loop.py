@@ -15,7 +15,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from banyan.rl.logs import MetricsLogger, write_json
+from banyan.io import atomic_path, atomic_write_json
+from banyan.logger import MetricsLogger
 
 
 @torch.no_grad()
@@ -74,8 +75,8 @@ class Run:
         self.step = step
         self.train_returns += episode_returns.flatten().tolist()
         recent = self.train_returns[-20:]
-        self.logger.log("train", step, episode_return=np.mean(recent) if recent else float("nan"),
-                        episodes=len(self.train_returns), sps=self.sps(), **metrics)
+        self.logger.log({"step": step, "kind": "train", "episode_return": np.mean(recent) if recent else float("nan"),
+                         "episodes": len(self.train_returns), "sps": self.sps(), **metrics})
         done = step >= self.cfg.steps
         if step >= self.next_eval or done:
             self.evaluate(step)
@@ -95,8 +96,8 @@ class Run:
         self.evals.append((step, mean, std))
         if self.threshold is not None and self.steps_to_solve is None and mean >= self.threshold:
             self.steps_to_solve = step
-        self.logger.log("eval", step, return_mean=mean, return_std=std, return_min=float(returns.min()),
-                        return_max=float(returns.max()))
+        self.logger.log({"step": step, "kind": "eval", "return_mean": mean, "return_std": std,
+                         "return_min": float(returns.min()), "return_max": float(returns.max())})
         if self.cfg.verbose:
             solved = f"  solved at {self.steps_to_solve}" if self.steps_to_solve is not None else ""
             print(f"step {step:>8}  eval return {mean:8.1f} ± {std:6.1f}  {self.sps():7.0f} samples/s{solved}",
@@ -111,11 +112,9 @@ class Run:
         tensors = {f"{m}.{k}": v.detach().contiguous().clone()
                    for m, mod in self.modules.items() for k, v in mod.state_dict().items()}
         path = self.out / "checkpoints" / (name or f"step_{step:08d}.safetensors")
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        save_file(tensors, str(tmp), metadata={"step": str(step), "algo": self.cfg.algo, "env": self.cfg.env,
-                                                "policy": self.cfg.policy})
-        tmp.replace(path)
+        with atomic_path(path) as tmp:
+            save_file(tensors, str(tmp), metadata={"step": str(step), "algo": self.cfg.algo, "env": self.cfg.env,
+                                                    "policy": self.cfg.policy})
         olds = sorted(p for p in path.parent.glob("step_*.safetensors"))
         for old in olds[:-self.cfg.keep_checkpoints] if self.cfg.keep_checkpoints > 0 else []:
             old.unlink()
@@ -134,5 +133,5 @@ class Run:
             "samples_per_second": self.sps(), "policy_params": n_params,
             "evals": [{"step": s, "return_mean": m, "return_std": sd} for s, m, sd in self.evals],
         }
-        write_json(self.out / "summary.json", summary)
+        atomic_write_json(self.out / "summary.json", summary, default=float)
         return summary

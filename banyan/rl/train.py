@@ -18,11 +18,12 @@ from typing import Literal
 import torch
 
 from banyan.errors import BanyanError
-from banyan.config import LogConfig, parse_cli, to_dict, write_config
+from banyan.config import LogConfig, parse_cli, write_config
 from banyan.rl import dqn, ppo
 from banyan.rl.dqn import DQNConfig
 from banyan.rl.envs import action_kind, make_env, probe_spaces, resolve_env, seed_everything
-from banyan.rl.logs import MetricsLogger, eval_curve, plot_curves, read_metrics
+from banyan.logger import MetricsLogger, read_metrics
+from banyan.rl.curves import eval_curve, plot_curves
 from banyan.rl.policies import NetConfig
 from banyan.rl.ppo import PPOConfig
 
@@ -96,8 +97,7 @@ def run_training(cfg: RLConfig) -> dict:
     # Evaluation uses its own envs and seeds (and always the vector backend) so it never disturbs the
     # training episodes.
     eval_env = make_env(info, cfg.eval_episodes, cfg.seed + 10_000, history)
-    logger = MetricsLogger(out, tensorboard=cfg.log.tensorboard, wandb=cfg.log.wandb, project=cfg.log.wandb_project,
-                           run_name=cfg.log.wandb_run_name, config=to_dict(cfg))
+    logger = MetricsLogger(out, cfg.log, cfg)  # the same logger and schema as LM runs; step = env steps
     obs_dim = obs_space.shape[0]
     t0 = time.perf_counter()
     try:

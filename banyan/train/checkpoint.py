@@ -32,14 +32,9 @@ from safetensors.torch import load_model, save_model
 
 from banyan.errors import CheckpointError, ConfigError
 from banyan.config import ModelConfig, RunConfig, read_saved_config, to_dict, write_config
+from banyan.io import atomic_write_text, replace_dir
 
 CKPT_DIR = "checkpoints"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -135,13 +130,7 @@ def publish_checkpoint(tmp: Path, final: Path, run_dir: str | Path, keep_last: i
     """Rename a fully written `tmp` folder to `final`, point `latest` at it, prune old ones (also used
     by banyan.train.dist_checkpoint for sharded checkpoints)."""
     root = checkpoint_root(run_dir)
-    if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
-        old = final.with_name(final.name + f".old-{os.getpid()}")
-        os.replace(final, old)
-        os.replace(tmp, final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, final)
+    replace_dir(tmp, final)  # re-saving the same step (e.g. SIGTERM right after a periodic save) replaces it
     atomic_write_text(root / "latest", final.name)
     for stale in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)

@@ -12,13 +12,13 @@ result loads with `banyan sample CKPT` and the HF export like any other checkpoi
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 import torch
 from safetensors.torch import save_model
 
 from banyan.config import RunConfig, read_saved_config
+from banyan.io import atomic_path
 from banyan.train.checkpoint import CheckpointError, resolve_checkpoint
 from banyan.train.dist_checkpoint import (DCP_DIR, error_summary, is_sharded, quiet_single_process,
                                          safe_load_planner)
@@ -57,10 +57,8 @@ def consolidate(path: str | Path, out: str | Path | None = None, dtype: str = "k
     if DTYPES[dtype] is not None:
         model = model.to(DTYPES[dtype])
     target = Path(out) if out else ckpt / "model.safetensors"
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = target.with_name(target.name + f".tmp{os.getpid()}")
-    save_model(model, str(tmp))
-    os.replace(tmp, target)
+    with atomic_path(target) as tmp:
+        save_model(model, str(tmp))
     return target
 
 

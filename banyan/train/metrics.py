@@ -1,80 +1,16 @@
-"""Metrics sinks for a run: metrics.jsonl (always), TensorBoard, Weights & Biases; plus MFU.
+"""Throughput figures for LM training: peak FLOP/s for MFU and peak memory.
 
-Only the main rank constructs a `MetricsLogger` with `enabled=True`; other ranks get a no-op.
-W&B runs offline unless WANDB_API_KEY is set (so it works with no network); `wandb sync` later
-uploads the offline run.
+The metrics logger and reader live in banyan.logger (one schema for LM and RL runs); they are
+re-exported here so `from banyan.train.metrics import MetricsLogger, read_metrics` keeps working.
 """
 
 from __future__ import annotations
 
-import json
-import math
-import os
 import time
-from pathlib import Path
-from typing import Any
 
 import torch
 
-from banyan.config import LogConfig, to_dict
-
-
-class MetricsLogger:
-    def __init__(self, out: Path, cfg: LogConfig, run_config: Any = None, enabled: bool = True,
-                 resume: bool = False):
-        self.enabled = enabled
-        self.path = Path(out) / "metrics.jsonl"
-        self.tb = None
-        self.wandb = None
-        if not enabled:
-            return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._file = open(self.path, "a" if resume else "w", buffering=1)
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.tb = SummaryWriter(log_dir=str(Path(out) / "tb"))
-        if cfg.wandb:
-            import wandb
-
-            mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
-            self.wandb = wandb.init(project=cfg.wandb_project, name=cfg.wandb_run_name or Path(out).name,
-                                    dir=str(out), mode=mode, config=to_dict(run_config) if run_config else None,
-                                    resume="allow" if resume else None)
-
-    def log(self, record: dict[str, Any]) -> None:
-        """Write one record (must contain `step`); non-finite floats are written as null."""
-        if not self.enabled:
-            return
-        clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in record.items()}
-        clean.setdefault("time", time.time())
-        self._file.write(json.dumps(clean) + "\n")
-        step = record["step"]
-        for k, v in record.items():
-            if k in ("step", "time") or not isinstance(v, (int, float)) or isinstance(v, bool):
-                continue
-            if self.tb is not None:
-                self.tb.add_scalar(k, v, step)
-        if self.wandb is not None:
-            self.wandb.log({k: v for k, v in clean.items() if k != "step"}, step=step)
-
-    def text(self, tag: str, text: str, step: int) -> None:
-        if self.enabled and self.tb is not None:
-            self.tb.add_text(tag, text, step)
-
-    def close(self) -> None:
-        if not self.enabled:
-            return
-        self._file.close()
-        if self.tb is not None:
-            self.tb.close()
-        if self.wandb is not None:
-            self.wandb.finish()
-
-
-def read_metrics(path: str | Path) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
+from banyan.logger import MetricsLogger, read_metrics, trim_metrics  # noqa: F401 - re-exported
 
 
 _CPU_PEAK: dict[str, float] = {}

@@ -69,7 +69,7 @@ def generate_text(model, tok, prompt: str, max_new_tokens: int, temperature: flo
 
 def main(argv: list[str]) -> int:
     cfg = parse_cli(SampleConfig, argv, prog="banyan sample")
-    device = resolve_device(cfg.device)
+    device = resolve_device(cfg.device, flag="--device")
     model, tok, _ = load_for_inference(cfg.ckpt, device)
     for i in range(cfg.num_samples):
         text = generate_text(model, tok, cfg.prompt, cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p,

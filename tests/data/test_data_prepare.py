@@ -188,10 +188,10 @@ def test_interrupted_run_leaves_nothing_and_replace_is_safe(tmp_path, monkeypatc
     write_corpus(tmp_path / "src", n_docs=6)
     first = run(tmp_path / "src", tmp_path / "out")
 
-    def crash(path, data):
+    def crash(path, data, **kw):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(prep, "_write_json", crash)
+    monkeypatch.setattr(prep, "atomic_write_json", crash)
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "src", tmp_path / "new")
     assert not (tmp_path / "new").exists()

@@ -142,3 +142,20 @@ def test_bus_bandwidth_factors_and_sizes():
     assert sizes_mb(BenchCommConfig()) == [1, 4, 16, 64, 256, 1024]
     with pytest.raises(BanyanError, match="min_mb"):
         sizes_mb(BenchCommConfig(min_mb=8, max_mb=1))
+
+
+def test_one_device_resolver_names_the_flag(monkeypatch):
+    from banyan.parallel.env import resolve_device
+    from banyan.plan import validate
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert resolve_device("auto") == resolve_device("cpu") == torch.device("cpu")
+    with pytest.raises(ConfigError, match="train.device is 'cuda' but CUDA is not available"):
+        resolve_device("cuda", 1)
+    with pytest.raises(ConfigError, match="--device is 'cuda:0' but CUDA is not available"):
+        validate.resolve_device("cuda:0", flag="--device")
+    with pytest.raises(ConfigError, match="train.device is 'tpu9'; expected auto, cpu, cuda or cuda:N"):
+        resolve_device("tpu9")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert resolve_device("auto", 3) == resolve_device("cuda", 3) == torch.device("cuda", 3)  # the local rank's GPU
+    assert validate.resolve_device is resolve_device  # the planner's --validate uses the same resolver

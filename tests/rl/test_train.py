@@ -11,8 +11,8 @@ import pytest
 
 from safetensors.torch import load_file
 
+from banyan.logger import read_metrics
 from banyan.rl.dqn import DQNConfig
-from banyan.rl.logs import read_metrics
 from banyan.rl.train import RLConfig, main, run_training
 
 

@@ -1,0 +1,118 @@
+"""Atomic file writes: the one place banyan writes a file via a temporary name and a rename.
+
+A reader (another process, a resumed run, a plot watching a run) either sees the old file or
+the complete new one, never half a file: the bytes go to a hidden temp file in the same folder
+(same filesystem, so `os.replace` is an atomic rename), are fsynced, then renamed over the
+target. The temp name carries the process id, so two processes writing the same target do not
+write into one temp file. If writing fails the temp file is removed and the old file is untouched.
+
+`atomic_path` is for writers that want a path (safetensors `save_file`, `torch.save`,
+matplotlib `savefig`); the temp name keeps the target's extension because some of them pick
+the format from it. Folder-sized outputs (checkpoints, prepared data sets) are written into a
+temp folder by their modules and put in place with `replace_dir`.
+
+Imports nothing from banyan, so every layer may use it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, Callable
+
+
+def temp_name(path: Path) -> Path:
+    """`dir/.NAME.tmpPID.EXT` beside `path`: hidden (globs like `step_*` skip it), unique per process,
+    and ending in the target's extension (matplotlib infers the image format from it)."""
+    return path.with_name(f".{path.stem}.tmp{os.getpid()}{path.suffix}")
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike, fsync: bool = True) -> Iterator[Path]:
+    """Yield a temp path beside `path`; when the block ends normally, rename it onto `path`.
+
+    The parent folder is created. If the block raises (or writes nothing), the temp file is
+    removed, the old `path` is left as it was and the error propagates.
+
+        with atomic_path(out / "model.safetensors") as tmp:
+            save_file(tensors, str(tmp))
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path)
+    try:
+        yield tmp
+        if fsync:  # the data must be on disk before the rename makes it visible (power loss)
+            _fsync(tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes | bytearray | memoryview) -> Path:
+    """Write `data` to `path` atomically; returns the path."""
+    path = Path(path)
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        f.write(data)
+    return path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """Write `text` to `path` atomically; returns the path."""
+    return atomic_write_bytes(path, text.encode(encoding))
+
+
+def atomic_write_json(path: str | os.PathLike, data: Any, indent: int | None = 2,
+                      default: Callable[[Any], Any] | None = None) -> Path:
+    """Write `data` as JSON (plus a trailing newline) to `path` atomically; returns the path.
+
+    `default` converts objects json cannot (e.g. `float` for numpy scalars, `str` for paths).
+    """
+    return atomic_write_text(path, json.dumps(data, indent=indent, default=default) + "\n")
+
+
+def replace_dir(tmp: str | os.PathLike, final: str | os.PathLike) -> Path:
+    """Rename the fully written folder `tmp` to `final`; an existing `final` is moved aside first
+    (to a hidden `.NAME.oldPID`, so globs for finished outputs never list it) and removed after.
+
+    Folders cannot be swapped in one rename: between the two renames `final` is briefly absent,
+    but it is never half-written.
+    """
+    tmp, final = Path(tmp), Path(final)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old{os.getpid()}")
+        shutil.rmtree(old, ignore_errors=True)  # left by an earlier crash of a process with this pid
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return final
+
+
+def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
+    """Save a matplotlib figure to `path` atomically (format from the extension), then close it."""
+    import matplotlib.pyplot as plt
+
+    try:
+        with atomic_path(path) as tmp:
+            fig.savefig(tmp, dpi=dpi)
+    finally:
+        plt.close(fig)  # pyplot keeps every open figure alive otherwise
+    return Path(path)
+
+
+__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "replace_dir", "save_figure",
+           "temp_name"]
