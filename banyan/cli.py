@@ -21,6 +21,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench comm": ("banyan.parallel.bench_comm:main", "Benchmark collectives' bus bandwidth and check their results."),
     "bench rl": ("banyan.rl.bench:main", "Benchmark PPO on CartPole over seeds (steps to solve, samples/s)."),
     "plan": ("banyan.plan:main", "Predict memory and speed of each strategy on given GPUs before training."),
+    "export hf": ("banyan.export.hf:main", "Export a run or checkpoint as a Hugging Face transformers folder."),
     "checkpoint consolidate": ("banyan.train.consolidate:main", "Merge a sharded checkpoint into one safetensors file."),
     "rl train": ("banyan.rl.train:main", "Train PPO or DQN on a Gymnasium environment through TorchRL."),
     "rl compare": ("banyan.rl.compare:main", "Run an env x policy x seed grid and tabulate the results."),

@@ -1,0 +1,8 @@
+"""banyan.export: trained models out of banyan, in the formats other tools load.
+
+* `banyan export hf` (hf.py): a Hugging Face transformers folder (config, safetensors, tokenizer,
+  generation config, model card).
+
+Shared steps (resolve and load a checkpoint, stage the output and rename it into place) live in
+source.py; the model card in card.py.
+"""
