@@ -87,6 +87,13 @@ def tokenizer_config(source: Source, specials: dict[str, Any]) -> dict[str, Any]
     return cfg
 
 
+def write_tokenizer(source: Source, specials: dict[str, Any], folder: Path) -> None:
+    """tokenizer.json (copied as trained) and the completed tokenizer_config.json into `folder`."""
+    shutil.copy2(source.tokenizer_file, folder / "tokenizer.json")
+    text = json.dumps(tokenizer_config(source, specials), indent=2, ensure_ascii=False) + "\n"
+    (folder / TOKENIZER_CONFIG).write_text(text, encoding="utf-8")
+
+
 def hf_state_dict(model: torch.nn.Module, dtype: torch.dtype) -> dict[str, torch.Tensor]:
     """HF-named tensors in `dtype`; a tied head is dropped (stored once, under the embedding's name)."""
     from banyan.model.hf import state_dict_to_hf
@@ -137,9 +144,7 @@ def export_hf(cfg: ExportHFConfig) -> Path:
     with staged(out) as tmp:
         write_weights(hf_state_dict(source.model, dtype), tmp, cfg.max_shard_size)
         write_configs(source, specials, dtype, tmp)
-        shutil.copy2(source.tokenizer_file, tmp / "tokenizer.json")
-        (tmp / TOKENIZER_CONFIG).write_text(json.dumps(tokenizer_config(source, specials), indent=2,
-                                                       ensure_ascii=False) + "\n", encoding="utf-8")
+        write_tokenizer(source, specials, tmp)
         (tmp / "README.md").write_text(model_card(source, cfg.license, cfg.dtype), encoding="utf-8")
     return out
 
