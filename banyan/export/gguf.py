@@ -31,21 +31,15 @@ import torch
 from banyan.config import parse_cli
 from banyan.errors import ConfigError
 from banyan.export.hf import hf_state_dict, special_tokens, write_tokenizer
-from banyan.export.source import Source, check_target, load_source, staged
+from banyan.export.source import ExportConfig, Source, check_target, load_source, staged
 
 
 @dataclass
-class ExportGGUFConfig:
+class ExportGGUFConfig(ExportConfig):
     """Export a banyan Llama run or checkpoint as a GGUF file for llama.cpp."""
 
-    src: str = ""
-    """A run folder (its latest checkpoint is used) or a checkpoint folder (step_N), single or sharded."""
-    out: str = ""
-    """Output .gguf file; written to a temp name beside it, then renamed into place."""
     dtype: Literal["f16", "q8_0", "f32"] = "f16"
     """Storage type of the weight matrices (norms stay f32)."""
-    overwrite: bool = False
-    """Replace `out` if it exists."""
 
 
 def permute_rope(w: torch.Tensor, n_head: int) -> torch.Tensor:
@@ -160,9 +154,7 @@ def export_gguf(cfg: ExportGGUFConfig) -> Path:
     """Write the GGUF file for `cfg.src` at `cfg.out`; returns its path."""
     import gguf
 
-    if not cfg.src:
-        raise ConfigError("--src is required (a run folder or a checkpoint folder)")
-    out = check_target(cfg.out, cfg.overwrite, cfg.src)
+    out = check_target(cfg)
     if out.is_dir():
         raise ConfigError(f"--out '{out}' is a folder; give a file name such as {out / 'model.gguf'}")
     source = load_source(cfg.src)

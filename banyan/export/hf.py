@@ -24,7 +24,7 @@ import torch
 from banyan.config import parse_cli
 from banyan.errors import ConfigError
 from banyan.export.card import model_card
-from banyan.export.source import Source, check_target, load_source, staged
+from banyan.export.source import ExportConfig, Source, check_target, load_source, staged
 from banyan.train.checkpoint import TOKENIZER_CONFIG
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -34,17 +34,11 @@ TIED_HEAD = "lm_head.weight"
 
 
 @dataclass
-class ExportHFConfig:
+class ExportHFConfig(ExportConfig):
     """Export a banyan run or checkpoint as a Hugging Face transformers model folder."""
 
-    src: str = ""
-    """A run folder (its latest checkpoint is used) or a checkpoint folder (step_N), single or sharded."""
-    out: str = ""
-    """Output folder; written to a temp folder beside it, then renamed into place."""
     dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
     """dtype of the exported weights (fp32 keeps them exactly)."""
-    overwrite: bool = False
-    """Replace `out` if it exists (atomically: the old folder stays until the new one is complete)."""
     max_shard_size: str = "5GB"
     """Split model.safetensors into shards (with model.safetensors.index.json) above this size, e.g. 5GB, 500MB."""
     license: str = "other"
@@ -135,9 +129,7 @@ def write_configs(source: Source, specials: dict[str, Any], dtype: torch.dtype, 
 
 def export_hf(cfg: ExportHFConfig) -> Path:
     """Write the HF folder for `cfg.src` at `cfg.out`; returns its path."""
-    if not cfg.src:
-        raise ConfigError("--src is required (a run folder or a checkpoint folder)")
-    out = check_target(cfg.out, cfg.overwrite, cfg.src)
+    out = check_target(cfg)
     source = load_source(cfg.src)
     specials = special_tokens(source)
     dtype = DTYPES[cfg.dtype]

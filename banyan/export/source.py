@@ -111,17 +111,31 @@ def load_source(path: str | os.PathLike) -> Source:
     return Source(ckpt=ckpt, run_dir=run_dir, cfg=cfg, model=model.eval(), trainer=trainer)
 
 
-def check_target(out: str | os.PathLike, overwrite: bool, src: str | os.PathLike | None = None) -> Path:
-    """Refuse an existing target unless `overwrite`, and any target that would replace the source."""
-    out = Path(out)
-    if not str(out):
+@dataclass
+class ExportConfig:
+    """Where an export reads from and writes to (each format's config adds its own fields)."""
+
+    src: str = ""
+    """A run folder (its latest checkpoint is used) or a checkpoint folder (step_N), single or sharded."""
+    out: str = ""
+    """Output path; written to a temp name beside it, then renamed into place."""
+    overwrite: bool = False
+    """Replace `out` if it exists (atomically: the old one stays until the new one is complete)."""
+
+
+def check_target(cfg: ExportConfig) -> Path:
+    """The output path; refuses a missing --src/--out, an existing target unless --overwrite, and any target
+    that would replace the source."""
+    if not cfg.src:
+        raise ConfigError("--src is required (a run folder or a checkpoint folder)")
+    if not cfg.out:
         raise ConfigError("--out is required (the folder or file to write)")
-    if out.exists() and not overwrite:
+    out = Path(cfg.out)
+    if out.exists() and not cfg.overwrite:
         raise ConfigError(f"output '{out}' already exists; pass --overwrite to replace it")
-    if src is not None:
-        target, source = out.resolve(), Path(src).resolve()
-        if target == source or target in source.parents:
-            raise ConfigError(f"output '{out}' contains the source '{src}'; choose another --out")
+    target, source = out.resolve(), Path(cfg.src).resolve()
+    if target == source or target in source.parents:
+        raise ConfigError(f"output '{out}' contains the source '{cfg.src}'; choose another --out")
     return out
 
 

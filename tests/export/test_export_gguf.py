@@ -140,7 +140,8 @@ def test_llama3_scaling_writes_rope_factors(tmp_path, chat_tok):
         wavelen = 2 * math.pi * c.rope_theta ** (i / c.head_dim)
         smooth = (c.rope_original_max_seq_len / wavelen - c.rope_low_freq_factor) / (
             c.rope_high_freq_factor - c.rope_low_freq_factor)
-        want.append(1.0 if wavelen < hi else c.rope_factor if wavelen > lo else 1 / ((1 - smooth) / c.rope_factor + smooth))
+        scaled = 1 / ((1 - smooth) / c.rope_factor + smooth)
+        want.append(1.0 if wavelen < hi else c.rope_factor if wavelen > lo else scaled)
     assert torch.allclose(factors, torch.tensor(want), rtol=1e-5)
     assert len(set(want)) > 1 and want[-1] == c.rope_factor  # the test case spans the scaled range
 
