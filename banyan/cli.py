@@ -21,6 +21,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench comm": ("banyan.parallel.bench_comm:main", "Benchmark collectives' bus bandwidth and check their results."),
     "bench rl": ("banyan.rl.bench:main", "Benchmark PPO on CartPole over seeds (steps to solve, samples/s)."),
     "plan": ("banyan.plan:main", "Predict memory and speed of each strategy on given GPUs before training."),
+    "export hf": ("banyan.export.hf:main", "Export a run or checkpoint as a Hugging Face transformers folder."),
+    "export gguf": ("banyan.export.gguf:main", "Export a Llama run or checkpoint as a GGUF file for llama.cpp."),
     "checkpoint consolidate": ("banyan.train.consolidate:main", "Merge a sharded checkpoint into one safetensors file."),
     "rl train": ("banyan.rl.train:main", "Train PPO or DQN on a Gymnasium environment through TorchRL."),
     "rl compare": ("banyan.rl.compare:main", "Run an env x policy x seed grid and tabulate the results."),
@@ -71,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     except ModuleNotFoundError as e:
         if (e.name or "").startswith("banyan"):
             raise
-        extra = "rl" if verb.startswith("rl") or verb == "bench rl" else "hf"
+        extra = "rl" if verb.startswith("rl") or verb == "bench rl" else "gguf" if e.name == "gguf" else "hf"
         print(f"banyan {verb}: missing dependency '{e.name}'; install with: pip install 'banyan-lm[{extra}]'",
               file=sys.stderr)
         return 2

@@ -9,6 +9,7 @@ Layout of one checkpoint (everything a resume or an export needs, nothing pickle
         trainer.json        step, tokens seen, data position, bad-step counter, ...
         config.toml         the resolved run config (+ git commit)
         tokenizer.json      copied from the data folder, so `banyan sample` needs only this folder
+        tokenizer_config.json  copied too when the data folder has one (chat template, special tokens)
     OUT/checkpoints/latest  name of the newest complete checkpoint, updated last
 
 A checkpoint is first written to `step_000100.tmp-PID` and renamed into place, so a crash
@@ -35,6 +36,7 @@ from banyan.config import ModelConfig, RunConfig, read_saved_config, to_dict, wr
 from banyan.io import atomic_write_text, replace_dir
 
 CKPT_DIR = "checkpoints"
+TOKENIZER_CONFIG = "tokenizer_config.json"  # HF convention: chat_template, bos/eos/pad tokens
 
 
 # ----------------------------------------------------------------------------- RNG
@@ -120,10 +122,20 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng.pt")
     write_config(cfg, tmp / "config.toml")
-    if tokenizer_file is not None and Path(tokenizer_file).is_file():
-        shutil.copy2(tokenizer_file, tmp / "tokenizer.json")
+    copy_tokenizer(tokenizer_file, tmp)
     (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
     return publish_checkpoint(tmp, final, run_dir, keep_last)
+
+
+def copy_tokenizer(tokenizer_file: Path | None, dest: Path) -> None:
+    """Copy tokenizer.json into `dest`, and the tokenizer_config.json beside it (chat template, special
+    tokens) when there is one, so exports and chat tools find both in the checkpoint."""
+    if tokenizer_file is None or not Path(tokenizer_file).is_file():
+        return
+    shutil.copy2(tokenizer_file, dest / "tokenizer.json")
+    sibling = Path(tokenizer_file).with_name(TOKENIZER_CONFIG)
+    if sibling.is_file():
+        shutil.copy2(sibling, dest / TOKENIZER_CONFIG)
 
 
 def publish_checkpoint(tmp: Path, final: Path, run_dir: str | Path, keep_last: int) -> Path:

@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_model
 
-from banyan.config import RunConfig, read_saved_config
+from banyan.config import ModelConfig, RunConfig, read_saved_config
 from banyan.io import atomic_path
 from banyan.train.checkpoint import CheckpointError, resolve_checkpoint
 from banyan.train.dist_checkpoint import (DCP_DIR, error_summary, is_sharded, quiet_single_process,
@@ -28,32 +28,13 @@ DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": t
 
 def consolidate(path: str | Path, out: str | Path | None = None, dtype: str = "keep") -> Path:
     """Write the model weights of a sharded checkpoint as one safetensors file; returns its path."""
-    import torch.distributed.checkpoint as dcp
-
-    from banyan.model import build_model
-
     ckpt = resolve_checkpoint(path)
     if not is_sharded(ckpt):
         raise CheckpointError(f"checkpoint {ckpt} is not sharded (no {DCP_DIR}/.metadata): it was written by one "
                               f"process and its model.safetensors is already the consolidated form")
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype expects one of {list(DTYPES)}, got {dtype!r}")
-    cfg = read_saved_config(RunConfig, ckpt / "config.toml")
-    with torch.device("meta"):
-        model = build_model(cfg.model)
-    tied = _shared_names(model)
-    model = model.to_empty(device="cpu")  # meta -> cpu makes a new tensor per name: tie them again
-    for names in tied:
-        for name in names[1:]:
-            owner, _, attr = name.rpartition(".")
-            setattr(model.get_submodule(owner), attr, model.get_parameter(names[0]))
-    state = {"model": model.state_dict()}  # tensors that share storage with the parameters: loaded in place
-    try:
-        with quiet_single_process():
-            dcp.load(state, checkpoint_id=str(ckpt / DCP_DIR), planner=safe_load_planner())
-    except Exception as e:  # noqa: BLE001 - DCP wraps the real cause (missing key, shape) in CheckpointException
-        raise CheckpointError(f"checkpoint {ckpt} does not match the model in its config.toml: "
-                              f"{error_summary(e)}") from None
+    model = load_sharded_model(ckpt)
     if DTYPES[dtype] is not None:
         model = model.to(DTYPES[dtype])
     target = Path(out) if out else ckpt / "model.safetensors"
@@ -62,12 +43,30 @@ def consolidate(path: str | Path, out: str | Path | None = None, dtype: str = "k
     return target
 
 
-def _shared_names(model: torch.nn.Module) -> list[list[str]]:
-    """Names that refer to one parameter (tied embedding and head), grouped."""
-    by_id: dict[int, list[str]] = {}
-    for name, p in model.named_parameters(remove_duplicate=False):
-        by_id.setdefault(id(p), []).append(name)
-    return [names for names in by_id.values() if len(names) > 1]
+def empty_model(cfg: ModelConfig) -> torch.nn.Module:
+    """The model `cfg` describes with uninitialised CPU weights (built on meta: no init cost), ties kept."""
+    from banyan.model import build_model
+    from banyan.model.common import to_empty
+
+    model = build_model(cfg, device="meta")
+    to_empty(model, torch.device("cpu"))
+    return model
+
+
+def load_sharded_model(ckpt: Path) -> torch.nn.Module:
+    """The model of sharded checkpoint folder `ckpt` (its config.toml), every DCP shard read in this process."""
+    import torch.distributed.checkpoint as dcp
+
+    cfg = read_saved_config(RunConfig, ckpt / "config.toml")
+    model = empty_model(cfg.model)
+    state = {"model": model.state_dict()}  # tensors that share storage with the parameters: loaded in place
+    try:
+        with quiet_single_process():
+            dcp.load(state, checkpoint_id=str(ckpt / DCP_DIR), planner=safe_load_planner())
+    except Exception as e:  # noqa: BLE001 - DCP wraps the real cause (missing key, shape) in CheckpointException
+        raise CheckpointError(f"checkpoint {ckpt} does not match the model in its config.toml: "
+                              f"{error_summary(e)}") from None
+    return model
 
 
 def main(argv: list[str]) -> int:

@@ -203,8 +203,7 @@ def save(run_dir: str | Path, step: int, par, optimizer, trainer_state: dict[str
     path = None
     if env.is_main:
         write_config(cfg, tmp / "config.toml", extra={"world_size": env.world_size, "strategy": par.strategy})
-        if tokenizer_file is not None and Path(tokenizer_file).is_file():
-            shutil.copy2(tokenizer_file, tmp / "tokenizer.json")
+        ckpt.copy_tokenizer(tokenizer_file, tmp)
         meta = {"step": step, **trainer_state, "format": "dcp", "world_size": env.world_size,
                 "strategy": par.strategy}
         (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))  # last: marks the folder complete
