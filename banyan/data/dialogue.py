@@ -21,20 +21,21 @@ from banyan.data.sources import SPEAKER_LINE, shakespeare_files, unescape_play_l
 # Five of the 38 plays (about 13%): one per genre folder, so validation is not all one kind of play.
 VAL_PLAYS = ("the-tempest", "twelfth-night", "julius-caesar", "macbeth", "richard-ii")
 SPLITS = ("train", "val")
-_BRACKETED = re.compile(r"^_?\[[^\]]*\]_?$")  # `_[Aside]_` / `[Within]_`: a direction on its own line
+_BRACKETED = re.compile(r"^[_*]?\[[^\]]*\][_*]?$")  # `_[Aside]_` / `[Within]_`: a direction on its own line
 
 
 def _directions_dropped(lines: list[str]) -> Iterator[str]:
-    """Lines with stage directions removed; `_Enter ... ` directions may span lines until one ends in `_`."""
-    inside = False
+    """Lines with stage directions removed: `_Enter ..._` (or `*Exit.*` in a few plays) may span lines
+    until one ends with the same mark; bracketed directions stand alone."""
+    close = ""  # the mark that ends the direction we are inside, "" when outside
     for line in lines:
-        if inside:
-            inside = not line.endswith("_")
+        if close:
+            close = "" if line.endswith(close) else close
             continue
-        if line.startswith("_"):
-            inside = not (len(line) > 1 and line.endswith("_"))
-            continue
-        if not _BRACKETED.match(line):
+        mark = line[:1] if line[:1] == "_" or (line[:1] == "*" and line[:2] != "**") else ""
+        if mark:
+            close = "" if len(line) > 1 and line.endswith(mark) else mark
+        elif not _BRACKETED.match(line):
             yield line
 
 
