@@ -196,10 +196,11 @@ def encode_prompt(tok: Tokenizer, template: str, conv: Conversation, add_generat
 
 
 def check_template(tok: Tokenizer, template: str) -> None:
-    """Render a probe conversation (system, user, assistant, user) so a broken template fails early."""
+    """Render a probe conversation (system, user, assistant, user) so a broken template fails early;
+    the contents carry edge whitespace so a template that strips content is caught too."""
     from banyan.data.chat import Turn
 
-    probe = [Turn("system", "s"), Turn("user", "u"), Turn("assistant", "a"), Turn("user", "v")]
+    probe = [Turn("system", " s\n"), Turn("user", " u "), Turn("assistant", "\na "), Turn("user", "v\n")]
     ids, trained = encode_conversation(tok, template, probe)
     if not any(trained):
         raise DataError("chat template trains nothing on a probe conversation (no assistant content?)")
