@@ -87,18 +87,17 @@ def compile_template(template: str):
         raise DataError(f"chat template line {e.lineno}: {e.message}") from None
 
 
-def special_tokens_map(tok: Tokenizer) -> dict[str, str]:
-    """The variables transformers passes a template (its special_tokens_map); no unk token."""
-    return {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
+# What transformers passes a template as variables (its special_tokens_map; banyan has no unk token).
+SPECIAL_TOKENS_MAP = {"bos_token": "<|bos|>", "eos_token": "<|eos|>", "pad_token": "<|pad|>"}
 
 
-def render(template: str, messages: list[dict], tok: Tokenizer, add_generation_prompt: bool = False) -> str:
+def render(template: str, messages: list[dict], add_generation_prompt: bool = False) -> str:
     """The template's text for `messages` (a template error is a DataError)."""
     import jinja2
 
     try:
         return compile_template(template).render(messages=messages, add_generation_prompt=add_generation_prompt,
-                                                 **special_tokens_map(tok))
+                                                 **SPECIAL_TOKENS_MAP)
     except jinja2.TemplateError as e:
         raise DataError(f"chat template failed to render: {e}") from None
 
@@ -112,13 +111,13 @@ def _sentinel_base(contents: list[str]) -> str:
     return base
 
 
-def _content_spans(template: str, conv: Conversation, tok: Tokenizer,
+def _content_spans(template: str, conv: Conversation,
                    add_generation_prompt: bool) -> tuple[str, list[tuple[int, int, str]]]:
     """-> (rendered text, [(start, end, role)] char span of each message's content in it)."""
     messages = to_messages(conv)
     base = _sentinel_base([m["content"] for m in messages])
     marks = [f"{base}{i}{base}" for i in range(len(messages))]
-    skeleton = render(template, [dict(m, content=s) for m, s in zip(messages, marks)], tok, add_generation_prompt)
+    skeleton = render(template, [dict(m, content=s) for m, s in zip(messages, marks)], add_generation_prompt)
     text, spans, pos = [], [], 0
     for mark, m in zip(marks, messages):
         at = skeleton.find(mark, pos)
@@ -132,7 +131,7 @@ def _content_spans(template: str, conv: Conversation, tok: Tokenizer,
         pos = at + len(mark)
     text.append(skeleton[pos:])
     full = "".join(text)
-    if full != render(template, messages, tok, add_generation_prompt):
+    if full != render(template, messages, add_generation_prompt):
         raise DataError("chat template does not copy message content verbatim (it transforms or tests it); "
                         "banyan needs verbatim content to tell template tokens from text")
     return full, spans
@@ -167,31 +166,35 @@ def _encode_rendered(tok: Tokenizer, text: str, spans: list[tuple[int, int, str]
             raise DataError(f"chat template must close each assistant turn with {END_OF_TURN} "
                             f"(found {text[nxt[0]:nxt[1]] if nxt else 'nothing'!r} after the content)")
         ends_trained.add(nxt)
+    # raw text between control tokens: encoded as text (specials never matched), in one batch call
+    bounds = [(pos, a) for pos, a in zip([0] + [b for _, b in controls], [a for a, _ in controls] + [len(text)])]
+    encoded = tok.hf.encode_batch([text[lo:hi] for lo, hi in bounds], add_special_tokens=False)
     ids: list[int] = []
     trained: list[bool] = []
-    pos = 0
-    for a, b in controls + [(len(text), len(text))]:
-        if a > pos:  # raw text between control tokens: encoded as text, specials never matched
-            enc = tok.hf.encode(text[pos:a], add_special_tokens=False)
-            ids += enc.ids
-            trained += [any(s < pos + oe and pos + os_ < e for s, e in assistant) for os_, oe in enc.offsets]
-        if b > a:
+    for k, ((lo, hi), enc) in enumerate(zip(bounds, encoded)):
+        inside = [(s - lo, e - lo) for s, e in assistant if s < hi and e > lo]  # spans in segment coordinates
+        ids += enc.ids
+        if inside:  # a token is trained when it overlaps assistant content
+            trained += [any(s < oe and os_ < e for s, e in inside) for os_, oe in enc.offsets]
+        else:
+            trained += [False] * len(enc.ids)
+        if k < len(controls):
+            a, b = controls[k]
             ids.append(int(tok.hf.token_to_id(text[a:b])))
-            trained.append((a, b) in ends_trained)
-        pos = b
+            trained.append(controls[k] in ends_trained)
     return ids, trained
 
 
 def encode_conversation(tok: Tokenizer, template: str, conv: Conversation) -> tuple[list[int], list[bool]]:
     """-> (ids, trained): the conversation rendered with `template`; `trained[i]` is True exactly for
     assistant content tokens and the END_OF_TURN closing each assistant turn."""
-    text, spans = _content_spans(template, conv, tok, add_generation_prompt=False)
+    text, spans = _content_spans(template, conv, add_generation_prompt=False)
     return _encode_rendered(tok, text, spans)
 
 
 def encode_prompt(tok: Tokenizer, template: str, conv: Conversation, add_generation_prompt: bool = True) -> list[int]:
     """Ids for generation: the conversation so far plus (by default) the assistant header."""
-    text, spans = _content_spans(template, conv, tok, add_generation_prompt)
+    text, spans = _content_spans(template, conv, add_generation_prompt)
     return _encode_rendered(tok, text, [(s, e, "") for s, e, _ in spans])[0]
 
 
@@ -216,7 +219,7 @@ def write_tokenizer_config(folder: str | os.PathLike, tok: Tokenizer, chat_templ
     so an exported generation_config should list both ids.
     """
     check_template(tok, chat_template)
-    config = {"tokenizer_class": "PreTrainedTokenizerFast", **special_tokens_map(tok), "unk_token": None,
+    config = {"tokenizer_class": "PreTrainedTokenizerFast", **SPECIAL_TOKENS_MAP, "unk_token": None,
               "clean_up_tokenization_spaces": False, "chat_template": chat_template}
     if model_max_length:
         config["model_max_length"] = int(model_max_length)

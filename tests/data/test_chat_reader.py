@@ -129,7 +129,8 @@ def test_malformed_json_names_file_and_line(tmp_path):
 
 def test_skip_invalid_counts_each_reason(tmp_path):
     path = tmp_path / "mixed.jsonl"
-    lines = [json.dumps(SHAREGPT_V3[0]), "{not json"] + [json.dumps(r) for r, _, _ in BAD] + [json.dumps(SHAREGPT_V3[1])]
+    lines = [json.dumps(SHAREGPT_V3[0]), "{not json"] + [json.dumps(r) for r, _, _ in BAD]
+    lines.append(json.dumps(SHAREGPT_V3[1]))
     path.write_text("\n".join(lines) + "\n")
     convs, stats = load_conversations(str(path), skip_invalid=True)
     assert len(convs) == 2 and stats.docs == 2
@@ -156,7 +157,8 @@ def test_shakespeare_dialogue_splits_hold_out_whole_plays():
         assert conv[0].content.startswith("You are ") and all(t.content.strip() for t in conv)
         assert sum(len(t.content) for t in conv[1:]) <= 640
     hamlet = next(c for c in train if c[0].content == "You are FRANCISCO in Hamlet.")
-    assert hamlet[1:3] == [Turn("user", "Who's there?"), Turn("assistant", "Nay, answer me: stand, and unfold yourself.")]
+    assert hamlet[1:3] == [Turn("user", "Who's there?"),
+                           Turn("assistant", "Nay, answer me: stand, and unfold yourself.")]
     lines = [ln for c in train for t in c[1:] for ln in t.content.split("\n")]
     assert not any(ln.startswith("_") or "[Aside]" in ln for ln in lines)  # stage directions dropped
     with pytest.raises(DataError, match="split must be one of train, val"):
