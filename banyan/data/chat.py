@@ -80,7 +80,7 @@ class RecordError(DataError):
 
 # ----------------------------------------------------------------------------- record -> Conversation
 def detect_format(record: object, where: str) -> str:
-    """The format of one record, from its keys."""
+    """The format of one record, from its keys (a RecordError if none fits)."""
     if isinstance(record, dict):
         if isinstance(record.get("conversations"), list):
             return "sharegpt"
@@ -93,8 +93,8 @@ def detect_format(record: object, where: str) -> str:
         found = sorted(record)[:8]
     else:
         found = type(record).__name__
-    raise DataError(f"{where}: cannot tell the chat format (keys {found}); expected 'conversations' (sharegpt), "
-                    "'messages', 'instruction'+'output' (alpaca) or 'prompt'+'completion'; or set format")
+    raise RecordError(f"{where}: cannot tell the chat format (keys {found}); expected 'conversations' (sharegpt), "
+                      "'messages', 'instruction'+'output' (alpaca) or 'prompt'+'completion'; or set format", "schema")
 
 
 def _text(value: object, where: str, name: str) -> str:
@@ -231,6 +231,9 @@ def iter_conversations(source: str, *, format: str = "auto", split: str = "train
     if format not in FORMATS:
         raise DataError(f"unknown chat format {format!r}; expected one of {', '.join(FORMATS)}")
     stats = stats if stats is not None else ChatStats()
+    if not source.strip():
+        raise DataError(f"chat source is empty; pass a .jsonl/.json/.parquet file or folder, hf:NAME or "
+                        f"{DIALOGUE_SOURCE}")
     if source == DIALOGUE_SOURCE:
         from banyan.data.dialogue import dialogue_conversations
 
@@ -244,8 +247,8 @@ def iter_conversations(source: str, *, format: str = "auto", split: str = "train
         if source == DIALOGUE_SOURCE:
             conv = record
         else:
-            fmt = fmt or detect_format(record, where)
-            try:
+            try:  # with skip_invalid, an undetectable first record is skipped and the next one decides
+                fmt = fmt or detect_format(record, where)
                 conv = to_conversation(record, fmt, where)
             except RecordError as e:
                 if not skip_invalid:

@@ -87,6 +87,8 @@ def test_forced_format(tmp_path):
         load_conversations(path, format="sharegpt")
     with pytest.raises(DataError, match="unknown chat format 'chatml'"):
         load_conversations(path, format="chatml")
+    with pytest.raises(DataError, match="chat source is empty"):
+        load_conversations("")
 
 
 BAD = [  # (record, expected message fragment, reason kind)
@@ -137,6 +139,9 @@ def test_skip_invalid_counts_each_reason(tmp_path):
     assert dict(stats.reasons) == {"malformed_json": 1, "no_assistant": 1, "unknown_role": 1, "empty_content": 1,
                                    "schema": 1}
     assert stats.skipped_invalid == 5 and "mixed.jsonl:2" in stats.examples[0]
+    path.write_text("\n".join([json.dumps({"text": "no format"}), json.dumps(MESSAGES)]) + "\n")
+    convs, stats = load_conversations(str(path), skip_invalid=True)  # the first detectable record decides
+    assert convs == [CONV_MESSAGES] and dict(stats.reasons) == {"schema": 1}
     path.write_text("{not json\n")
     with pytest.raises(DataError, match=r"no valid conversations \(1 invalid skipped"):
         load_conversations(str(path), skip_invalid=True)
