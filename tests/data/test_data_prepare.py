@@ -11,6 +11,7 @@ from datakit import decode_split, make_text, write_corpus
 
 import banyan.data.prepare as prep
 from banyan.data import DataError
+from banyan.data.chat_template import DEFAULT_CHAT_TEMPLATE, load_chat_template
 from banyan.data.loader import TokenLoader, read_meta
 from banyan.data.prepare import PrepareConfig, _pieces, prepare, val_mask
 from banyan.data.shards import open_shard
@@ -26,7 +27,9 @@ def test_txt_folder_every_document_once(tmp_path):
     docs = write_corpus(tmp_path / "src", n_docs=12)
     meta = run(tmp_path / "src", tmp_path / "out", tokenizer="bpe:300", val_fraction=0.25, seed=3)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer.json", "train_000000.bin", "val_000000.bin"]
+    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer.json", "tokenizer_config.json",
+                                                     "train_000000.bin", "val_000000.bin"]
+    assert load_chat_template(out) == DEFAULT_CHAT_TEMPLATE
     assert read_meta(out) == json.loads(json.dumps(meta))
     train, val = decode_split(out, "train"), decode_split(out, "val")
     assert sorted(train + val) == sorted(docs) and len(val) >= 1
