@@ -62,7 +62,7 @@ def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int,
     from banyan.train.optim import build_optimizer, optimizer_state_bytes, tensor_bytes
 
     if steps < 1 or micro_batch < 1:
-        raise BanyanError(f"--steps and --micro-batch must be >= 1 (got {steps}, {micro_batch})")
+        raise BanyanError(f"--steps and --micro_batch must be >= 1 (got {steps}, {micro_batch})")
     dev = resolve_device(device)
     mc = cfg.model
     torch.manual_seed(cfg.train.seed)
