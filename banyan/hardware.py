@@ -153,9 +153,9 @@ def custom_gpu(base: Accelerator | None, tflops: float | None, mem_gb: float | N
     """A preset with some figures replaced, or a wholly custom GPU (tflops and mem_gb required)."""
     if base is None:
         if tflops is None or mem_gb is None:
-            raise BanyanError("a custom GPU needs both --gpu-tflops and --gpu-mem-gb")
+            raise BanyanError("a custom GPU needs both --gpu_tflops and --gpu_mem_gb")
         base = Accelerator("custom", tflops, mem_gb, mem_bw_gbs or 1000.0)
-    for flag, v in (("--gpu-tflops", tflops), ("--gpu-mem-gb", mem_gb), ("--gpu-mem-bw-gbs", mem_bw_gbs)):
+    for flag, v in (("--gpu_tflops", tflops), ("--gpu_mem_gb", mem_gb), ("--gpu_mem_bw_gbs", mem_bw_gbs)):
         if v is not None and v <= 0:
             raise BanyanError(f"{flag} must be > 0, got {v}")
     return replace(base, tflops=tflops or base.tflops, mem_gb=mem_gb or base.mem_gb,

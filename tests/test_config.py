@@ -77,3 +77,56 @@ def test_cli_unknown_flag_exits_nonzero():
 def test_cli_unknown_verb():
     r = subprocess.run([sys.executable, "-m", "banyan", "pretrian"], capture_output=True, text=True)
     assert r.returncode == 2 and "pretrain" in r.stderr
+
+
+def test_names_importable_from_banyan_config():
+    import banyan.config
+    import banyan.configlib
+    import banyan.model.config
+
+    for name in ["PRESET_DIR", "apply_dict", "git_commit", "list_presets", "load_config", "parse_cli", "preset_path",
+                 "read_saved_config", "read_toml", "to_dict", "write_config", "_check_value"]:
+        assert getattr(banyan.config, name) is getattr(banyan.configlib, name), name
+    assert banyan.config.ModelConfig is banyan.model.config.ModelConfig
+    assert not hasattr(banyan.configlib, "RunConfig")  # the machinery knows no particular config
+
+
+def test_presets_are_a_property_of_the_class(tmp_path):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    @dataclass
+    class Plain:
+        """A verb without presets."""
+
+        n: int = 1
+        """A number."""
+
+    @dataclass
+    class Staged(Plain):
+        """A verb with presets."""
+
+        takes_presets: ClassVar[bool] = True
+
+    recipe = tmp_path / "recipe.toml"
+    recipe.write_text("n = 5\n")
+    assert parse_cli(Staged, ["--preset", str(recipe)]).n == 5
+    assert parse_cli(Staged, ["--preset", str(recipe), "--n", "6"]).n == 6
+    with pytest.raises(ConfigError, match="--preset applies to training runs.*prog-x takes --config FILE.toml"):
+        parse_cli(Plain, ["--preset", str(recipe)], prog="prog-x")
+    assert parse_cli(Plain, ["--config", str(recipe)]).n == 5
+
+
+def test_a_class_can_keep_config_for_itself(tmp_path):
+    from dataclasses import dataclass
+    from typing import ClassVar
+
+    @dataclass
+    class Planner:
+        """--config names something this verb reads itself."""
+
+        takes_config_file: ClassVar[bool] = False
+        config: str = ""
+        """A file this verb reads."""
+
+    assert parse_cli(Planner, ["--config", str(tmp_path / "missing.toml")]).config == str(tmp_path / "missing.toml")

@@ -15,7 +15,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from banyan.errors import BanyanError
-from banyan.config import ModelConfig
+from banyan.model.config import ModelConfig
 
 
 class KVCache:

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 import torch.nn as nn
 
-from banyan.config import ModelConfig
+from banyan.model.config import ModelConfig
 from banyan.errors import ConfigError
 
 # GPT-2 projections that HF stores as Conv1D ([in, out]); transposed on the way in and out.

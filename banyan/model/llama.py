@@ -15,7 +15,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from banyan.config import ModelConfig
+from banyan.model.config import ModelConfig
 from banyan.errors import ConfigError
 from banyan.model.common import CausalLM, KVCache, causal_attention
 

@@ -1,66 +1,89 @@
-"""`banyan plan`: argument parsing and output (rich table or --json) for the planner and --validate.
+"""`banyan plan`: its config (PlanConfig, parsed by parse_cli) and output (rich table or --json).
 
-Flags accept both spellings, `--global-batch-tokens` and `--global_batch_tokens`.
+Flags follow every verb's convention (dataclass fields, underscores; tyro also accepts hyphens,
+so `--global_batch_tokens` and `--global-batch-tokens` agree). `--model` and `--config` name the
+training recipe to plan (a preset, a TOML recipe or a run's config.toml), as `banyan pretrain
+--preset/--config` would take it.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
+from dataclasses import dataclass
 from pathlib import Path
+from typing import ClassVar, Literal
 
+from banyan.config import ConfigError, RunConfig, load_config, parse_cli, preset_path, read_saved_config, read_toml
 from banyan.errors import BanyanError
-from banyan.config import ConfigError, RunConfig, load_config, preset_path, read_saved_config, read_toml
 
-EPILOG = """examples:
+EXAMPLES = """examples:
   banyan plan --model llama-1b --gpus 4x4090 --interconnect pcie4 --p2p off
   banyan plan --model llama-500m --gpus 8xh100 --interconnect nvlink4 --nodes 2 --network 400gb-ib
-  banyan plan --model my.toml --gpus 2xcustom --gpu-tflops 100 --gpu-mem-gb 48 --bandwidth-gbs 20 --json
+  banyan plan --model my.toml --gpus 2xcustom --gpu_tflops 100 --gpu_mem_gb 48 --bandwidth_gbs 20 --json
   banyan plan --model shakespeare --validate --steps 5
+
 GPUs: rtx3090 rtx4090 a100-40gb a100-80gb h100 h100-pcie h200 (or 'custom');
 interconnects: pcie3 pcie4 pcie5 nvlink3 nvlink4; networks: 10gbe 25gbe 100gbe 200gb-ib 400gb-ib."""
 
 
-def _flag(p: argparse.ArgumentParser, name: str, **kw) -> None:
-    names = [name] + (["--" + name[2:].replace("-", "_")] if "-" in name[2:] else [])
-    p.add_argument(*names, **kw)
+@dataclass
+class PlanConfig:
+    """Predict memory per GPU and step time of ddp and zero1-3 x optimizer x activation checkpointing; recommend one."""
 
-
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="banyan plan", formatter_class=argparse.RawDescriptionHelpFormatter,
-                                description="Predict memory per GPU and step time of every data-parallel strategy "
-                                            "(ddp, zero1-3) x optimizer x activation checkpointing, and recommend one.",
-                                epilog=EPILOG, allow_abbrev=False)
-    _flag(p, "--model", help="preset name (llama-1b, ...) or a TOML recipe file")
-    _flag(p, "--config", help="a TOML recipe (or a run's config.toml); same as --model FILE")
-    _flag(p, "--gpus", help="GPUs per node, e.g. 4x4090, 8xh100, 1xa100-80gb, 2xcustom")
-    _flag(p, "--interconnect", default="pcie4", help="link between GPUs of a node (default pcie4)")
-    _flag(p, "--p2p", choices=["on", "off"], default="on", help="PCIe peer-to-peer (off: staged through host)")
-    _flag(p, "--nodes", type=int, default=1, help="number of machines")
-    _flag(p, "--network", help="network between nodes: 10gbe, 25gbe, 100gbe, 200gb-ib, 400gb-ib")
-    _flag(p, "--bandwidth-gbs", type=float, help="measured intra-node bus bandwidth, GB/s (overrides the preset)")
-    _flag(p, "--network-gbs", type=float, help="measured inter-node bandwidth, GB/s")
-    _flag(p, "--gpu-tflops", type=float, help="custom peak dense bf16 TFLOP/s")
-    _flag(p, "--gpu-mem-gb", type=float, help="custom GPU memory, GB")
-    _flag(p, "--gpu-mem-bw-gbs", type=float, help="custom GPU memory bandwidth, GB/s")
-    _flag(p, "--seq", type=int, help="sequence length (default: the recipe's train.seq_len)")
-    _flag(p, "--global-batch-tokens", type=int, help="tokens per optimizer step (default: the recipe's)")
-    _flag(p, "--mfu", type=float, default=0.4, help="assumed model FLOPs utilisation of peak (default 0.4)")
-    _flag(p, "--optim", default="adamw,adamw8bit", help="comma list of adamw, adamw8bit, adamw8bit-torchao, muon")
-    _flag(p, "--strategy", help="comma list of ddp, zero1, zero2, zero3 (default all)")
-    _flag(p, "--ac", default="none,selective,full", help="comma list of activation checkpointing modes")
-    _flag(p, "--chunked-loss", type=int,
-          help="cross-entropy chunk, positions (default: the recipe's train.chunked_loss)")
-    _flag(p, "--reduce-dtype", choices=["fp32", "bf16"], default="fp32", help="gradient reduction dtype")
-    _flag(p, "--vocab-size", type=int,
-          help="vocabulary size when the recipe says 0 (default: from the data's meta.json)")
-    _flag(p, "--json", action="store_true", help="print JSON instead of a table")
-    _flag(p, "--validate", action="store_true", help="run real train steps here and compare with the prediction")
-    _flag(p, "--steps", type=int, default=3, help="--validate: train steps")
-    _flag(p, "--micro-batch", type=int, help="--validate: sequences per step (default: the recipe's, max 8)")
-    _flag(p, "--device", default="auto", help="--validate: auto, cpu, cuda, cuda:1")
-    return p
+    takes_config_file: ClassVar[bool] = False  # parse_cli: --config is the recipe to plan (the `config` field)
+    model: str = ""
+    """Preset name (llama-1b, ...) or a TOML recipe file."""
+    config: str = ""
+    """A TOML recipe (or a run's config.toml); same as --model FILE."""
+    gpus: str = ""
+    """GPUs per node, e.g. 4x4090, 8xh100, 1xa100-80gb, 2xcustom."""
+    interconnect: str = "pcie4"
+    """Link between the GPUs of a node: pcie3, pcie4, pcie5, nvlink3, nvlink4."""
+    p2p: Literal["on", "off"] = "on"
+    """PCIe peer-to-peer (off: staged through host memory)."""
+    nodes: int = 1
+    """Number of machines."""
+    network: str = ""
+    """Network between nodes: 10gbe, 25gbe, 100gbe, 200gb-ib, 400gb-ib."""
+    bandwidth_gbs: float | None = None
+    """Measured intra-node bus bandwidth, GB/s (overrides the interconnect preset)."""
+    network_gbs: float | None = None
+    """Measured inter-node bandwidth, GB/s."""
+    gpu_tflops: float | None = None
+    """Custom peak dense bf16 TFLOP/s."""
+    gpu_mem_gb: float | None = None
+    """Custom GPU memory, GB."""
+    gpu_mem_bw_gbs: float | None = None
+    """Custom GPU memory bandwidth, GB/s."""
+    seq: int = 0
+    """Sequence length (0: the recipe's train.seq_len)."""
+    global_batch_tokens: int = 0
+    """Tokens per optimizer step (0: the recipe's)."""
+    mfu: float = 0.4
+    """Assumed model FLOPs utilisation of peak."""
+    optim: str = "adamw,adamw8bit"
+    """Comma list of adamw, adamw8bit, adamw8bit-torchao, muon."""
+    strategy: str = ""
+    """Comma list of ddp, zero1, zero2, zero3 (empty: all)."""
+    ac: str = "none,selective,full"
+    """Comma list of activation checkpointing modes."""
+    chunked_loss: int | None = None
+    """Cross-entropy chunk, positions (None: the recipe's train.chunked_loss)."""
+    reduce_dtype: Literal["fp32", "bf16"] = "fp32"
+    """Gradient reduction dtype."""
+    vocab_size: int | None = None
+    """Vocabulary size when the recipe says 0 (None: from the data's meta.json)."""
+    json: bool = False
+    """Print JSON instead of a table."""
+    validate: bool = False
+    """Run real train steps here and compare them with the prediction."""
+    steps: int = 3
+    """--validate: train steps."""
+    micro_batch: int = 0
+    """--validate: sequences per step (0: the recipe's, at most 8)."""
+    device: str = "auto"
+    """--validate: auto, cpu, cuda, cuda:1."""
 
 
 def load_run_config(model: str | None, config: str | None, vocab_size: int | None,
@@ -75,7 +98,7 @@ def load_run_config(model: str | None, config: str | None, vocab_size: int | Non
     notes = []
     if vocab_size is not None:
         if vocab_size <= 0:
-            raise BanyanError(f"--vocab-size must be > 0, got {vocab_size}")
+            raise BanyanError(f"--vocab_size must be > 0, got {vocab_size}")
         cfg.model.vocab_size = vocab_size
     if cfg.model.vocab_size == 0:
         meta = Path(cfg.data.path) / "meta.json"
@@ -84,10 +107,10 @@ def load_run_config(model: str | None, config: str | None, vocab_size: int | Non
             notes.append(f"vocab_size {cfg.model.vocab_size} from {meta}")
         elif for_validate:
             cfg.model.vocab_size = 2048
-            notes.append(f"vocab_size is 0 in {path.name} and {meta} does not exist: using 2048 (set --vocab-size)")
+            notes.append(f"vocab_size is 0 in {path.name} and {meta} does not exist: using 2048 (set --vocab_size)")
         else:
             raise BanyanError(f"{path}: model.vocab_size is 0 (taken from prepared data) and {meta} does not exist; "
-                              "pass --vocab-size N")
+                              "pass --vocab_size N")
     try:
         cfg.model.finalize()
     except ConfigError as e:
@@ -159,14 +182,14 @@ def render_validate(res: dict, name: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     from banyan.plan.planner import Workload, make_plan, plan_dict, resolve_hardware
 
-    args = build_parser().parse_args(argv)
+    args = parse_cli(PlanConfig, argv, prog="banyan plan", description=PlanConfig.__doc__ + "\n\n" + EXAMPLES)
     cfg, name, notes = load_run_config(args.model, args.config, args.vocab_size, args.validate)
     seq = args.seq or cfg.train.seq_len
     if seq < 1 or seq > cfg.model.max_seq_len:
         raise BanyanError(f"--seq {seq} must be in [1, model.max_seq_len = {cfg.model.max_seq_len}]")
     chunk = cfg.train.chunked_loss if args.chunked_loss is None else args.chunked_loss
     if chunk < 0:
-        raise BanyanError(f"--chunked-loss must be >= 0, got {chunk}")
+        raise BanyanError(f"--chunked_loss must be >= 0, got {chunk}")
     if not 0 < args.mfu <= 1:
         raise BanyanError(f"--mfu must be in (0, 1], got {args.mfu}")
     for note in notes:
@@ -184,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if not args.gpus:
         raise BanyanError("give --gpus, e.g. --gpus 4x4090 (or --validate to measure on this machine)")
-    hw = resolve_hardware(args.gpus, args.interconnect, args.p2p == "on", args.nodes, args.network,
+    hw = resolve_hardware(args.gpus, args.interconnect, args.p2p == "on", args.nodes, args.network or None,
                           args.gpu_tflops, args.gpu_mem_gb, args.gpu_mem_bw_gbs, args.bandwidth_gbs, args.network_gbs)
     gbt = args.global_batch_tokens or cfg.train.global_batch_tokens or cfg.train.micro_batch * seq * hw.world
     work = Workload(cfg.model, name, seq, gbt, args.mfu, chunk, 2 if args.reduce_dtype == "bf16" else 4,

@@ -59,7 +59,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from banyan.config import ModelConfig
+from banyan.model.config import ModelConfig
 
 GiB = 2**30
 CUDA_FIXED_BYTES = 1 * GiB  # CUDA context (~0.5 GiB) + cuBLAS workspaces + NCCL buffers

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 from banyan.errors import BanyanError
-from banyan.config import ModelConfig
+from banyan.model.config import ModelConfig
 from banyan.hardware import P2P_OFF_FACTOR, Accelerator, custom_gpu, gpu, interconnect, network, parse_gpus
 from banyan.plan import memory as M
 from banyan.plan import speed as S
@@ -48,7 +48,7 @@ def resolve_hardware(gpus: str, link: str = "pcie4", p2p: bool = True, nodes: in
         raise BanyanError(f"--nodes must be >= 1, got {nodes}")
     if bandwidth_gbs is not None:
         if bandwidth_gbs <= 0:
-            raise BanyanError(f"--bandwidth-gbs must be > 0, got {bandwidth_gbs}")
+            raise BanyanError(f"--bandwidth_gbs must be > 0, got {bandwidth_gbs}")
         intra, note = bandwidth_gbs, f"intra-node {bandwidth_gbs:g} GB/s (given)"
     else:
         lk = interconnect(link)
@@ -66,11 +66,11 @@ def resolve_hardware(gpus: str, link: str = "pcie4", p2p: bool = True, nodes: in
             inter = network(net).gbs * S.LINK_EFFICIENCY
         else:
             raise BanyanError(f"--nodes {nodes} needs --network (10gbe, 25gbe, 100gbe, 200gb-ib, 400gb-ib) "
-                              "or --network-gbs")
+                              "or --network_gbs")
         bw = min(intra, inter)
         note += f"; network {inter:.2f} GB/s; ring bottleneck {bw:.2f} GB/s"
     elif net or network_gbs:
-        raise BanyanError("--network/--network-gbs need --nodes > 1")
+        raise BanyanError("--network/--network_gbs need --nodes > 1")
     return Hardware(acc, count, nodes, bw, link, note)
 
 
@@ -135,7 +135,7 @@ def memory_bytes(work: Workload, strategy: str, optim: str, ac: str, mb: int, n:
 def seqs_per_gpu(work: Workload, world: int) -> int:
     per = work.seq * world
     if work.global_tokens <= 0 or work.global_tokens % per:
-        raise BanyanError(f"--global-batch-tokens ({work.global_tokens}) must be a positive multiple of "
+        raise BanyanError(f"--global_batch_tokens ({work.global_tokens}) must be a positive multiple of "
                           f"seq * GPUs = {work.seq} * {world} = {per}")
     return work.global_tokens // per
 
@@ -242,7 +242,7 @@ def _advice(work: Workload, hw: Hardware, optims: list[str]) -> list[str]:
     out.append(f"offload: parallel.cpu_offload keeps params, grads and optimizer state ({static / M.GiB:.1f} GB per "
                "GPU here) in host memory, at the cost of PCIe traffic every step")
     if work.chunk == 0:
-        out.append("chunked loss (--chunked-loss 4096) avoids materialising the full [tokens, vocab] logits")
+        out.append("chunked loss (--chunked_loss 4096) avoids materialising the full [tokens, vocab] logits")
     return out
 
 

@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from banyan.config import ModelConfig
+from banyan.model.config import ModelConfig
 from banyan.plan.memory import ParamSpec, block_matmul_params, matmul_params, n_checkpointed, n_params
 
 LINK_EFFICIENCY = 0.8  # NCCL bus bandwidth / link line rate, typical for PCIe and NVLink rings

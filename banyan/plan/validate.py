@@ -55,7 +55,7 @@ def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int,
     from banyan.train.trainer import build_parallel
 
     if steps < 1 or micro_batch < 1:
-        raise BanyanError(f"--steps and --micro-batch must be >= 1 (got {steps}, {micro_batch})")
+        raise BanyanError(f"--steps and --micro_batch must be >= 1 (got {steps}, {micro_batch})")
     dev = resolve_device(device, flag="--device")
     mc = cfg.model
     # the Trainer's own set-up (meta build, parallelize with AC, init, optimizer), on one device

@@ -1,7 +1,7 @@
 """`banyan checkpoint consolidate`: merge a sharded (DCP) checkpoint into one model.safetensors.
 
-    banyan checkpoint consolidate runs/big                       # its latest checkpoint, in place
-    banyan checkpoint consolidate runs/big/checkpoints/step_000400 --out model.safetensors --dtype bf16
+    banyan checkpoint consolidate --ckpt runs/big                  # its latest checkpoint, in place
+    banyan checkpoint consolidate --ckpt runs/big/checkpoints/step_000400 --out model.safetensors --dtype bf16
 
 The model is rebuilt from the checkpoint's config.toml on the meta device (no memory, no init),
 materialised empty on the CPU, and DCP reads every shard into it in one process (no torchrun, any
@@ -11,19 +11,32 @@ result loads with `banyan sample CKPT` and the HF export like any other checkpoi
 
 from __future__ import annotations
 
-import argparse
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 from safetensors.torch import save_model
 
-from banyan.config import ModelConfig, RunConfig, read_saved_config
+from banyan.config import ModelConfig, RunConfig, parse_cli, read_saved_config
 from banyan.io import atomic_path
 from banyan.train.checkpoint import CheckpointError, resolve_checkpoint
 from banyan.train.dist_checkpoint import (DCP_DIR, error_summary, is_sharded, quiet_single_process,
                                          safe_load_planner)
 
 DTYPES = {"keep": None, "fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+@dataclass
+class ConsolidateConfig:
+    """Merge a sharded (DCP) checkpoint into one model.safetensors."""
+
+    ckpt: str = ""
+    """A checkpoint folder (step_N) or a run folder (its latest checkpoint)."""
+    out: str = ""
+    """Output file (empty: CHECKPOINT/model.safetensors)."""
+    dtype: Literal["keep", "fp32", "bf16", "fp16"] = "keep"
+    """Cast the weights (keep: as saved)."""
 
 
 def consolidate(path: str | Path, out: str | Path | None = None, dtype: str = "keep") -> Path:
@@ -69,12 +82,10 @@ def load_sharded_model(ckpt: Path) -> torch.nn.Module:
     return model
 
 
-def main(argv: list[str]) -> int:
-    ap = argparse.ArgumentParser(prog="banyan checkpoint consolidate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("path", help="a checkpoint folder (step_N) or a run folder (its latest checkpoint)")
-    ap.add_argument("--out", default=None, help="output file (default: CHECKPOINT/model.safetensors)")
-    ap.add_argument("--dtype", default="keep", choices=list(DTYPES), help="cast the weights (default: as saved)")
-    args = ap.parse_args(argv)
-    target = consolidate(args.path, args.out, args.dtype)
+def main(argv: list[str] | None = None) -> int:
+    cfg = parse_cli(ConsolidateConfig, argv, prog="banyan checkpoint consolidate")
+    if not cfg.ckpt:
+        raise CheckpointError("give --ckpt CHECKPOINT_OR_RUN_FOLDER (a step_N folder, or a run folder for its latest)")
+    target = consolidate(cfg.ckpt, cfg.out or None, cfg.dtype)
     print(f"wrote {target} ({target.stat().st_size / 2**20:.1f} MiB)")
     return 0

@@ -94,7 +94,7 @@ def test_consolidate_matches_single_process_weights(spawned, reference, tmp_path
 
     root, _ = spawned
     target = tmp_path / "zero3.safetensors"
-    assert consolidate_main([str(root / "zero3"), "--out", str(target)]) == 0
+    assert consolidate_main(["--ckpt", str(root / "zero3"), "--out", str(target)]) == 0
     got = load_file(str(target))
     want = load_file(str(reference / "checkpoints" / "step_000010" / "model.safetensors"))
     assert sorted(got) == sorted(want)  # same names, tied head stored once as in one-process checkpoints

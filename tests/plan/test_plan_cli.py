@@ -63,8 +63,8 @@ def test_unsupported_optimizer_strategy_pair_is_an_error(capsys):
 
 
 def test_a_model_that_cannot_fit_says_what_would(capsys):
-    rc, out, _ = run(capsys, "plan", "--model", "llama-1b", "--gpus", "1xcustom", "--gpu-tflops", "50",
-                     "--gpu-mem-gb", "8", "--json")
+    rc, out, _ = run(capsys, "plan", "--model", "llama-1b", "--gpus", "1xcustom", "--gpu_tflops", "50",
+                     "--gpu_mem_gb", "8", "--json")
     d = json.loads(out)
     assert rc == 1 and d["recommendation"] is None and not any(r["fits"] for r in d["rows"])
     advice = " ".join(d["advice"])
@@ -72,13 +72,13 @@ def test_a_model_that_cannot_fit_says_what_would(capsys):
 
 
 def test_bad_global_batch_is_named(capsys):
-    rc, _, err = run(capsys, *PLAN_1B, "--global-batch-tokens", "1000")
-    assert rc == 2 and "--global-batch-tokens (1000)" in err
+    rc, _, err = run(capsys, *PLAN_1B, "--global_batch_tokens", "1000")
+    assert rc == 2 and "--global_batch_tokens (1000)" in err
 
 
 def test_validate_matches_real_tensors(capsys, tmp_path):
-    argv = ["plan", "--model", "shakespeare", "--vocab-size", "256", "--validate", "--steps", "2",
-            "--micro-batch", "2", "--seq", "32", "--json"]
+    argv = ["plan", "--model", "shakespeare", "--vocab_size", "256", "--validate", "--steps", "2",
+            "--micro_batch", "2", "--seq", "32", "--json"]
     rc, out, _ = run(capsys, *argv)
     res = json.loads(out[out.index("{"):])
     assert rc == 0 and res["device"] == "cpu"
@@ -88,3 +88,23 @@ def test_validate_matches_real_tensors(capsys, tmp_path):
     pred, meas = got["saved activations"]
     assert abs(pred - meas) / meas < 0.001
     assert got["step time"][1] > 0
+
+
+def test_config_flag_is_the_recipe_to_plan(capsys):
+    from banyan.config import PRESET_DIR
+
+    common = ["--gpus", "4x4090", "--optim", "adamw", "--ac", "none", "--json"]
+    _, by_name, _ = run(capsys, "plan", "--model", "llama-1b", *common)
+    _, by_file, _ = run(capsys, "plan", "--config", str(PRESET_DIR / "llama-1b.toml"), *common)
+    assert json.loads(by_file) == json.loads(by_name) and json.loads(by_name)["model"]["name"] == "llama-1b"
+
+
+def test_unknown_flag_exits_2_naming_it(capsys):
+    with pytest.raises(SystemExit) as e:
+        banyan([*PLAN_1B, "--gpu_count", "4"])
+    assert e.value.code == 2 and "--gpu_count" in capsys.readouterr().err
+
+
+def test_preset_flag_points_at_model(capsys):
+    rc, _, err = run(capsys, "plan", "--preset", "llama-1b", "--gpus", "4x4090")
+    assert rc == 2 and "banyan plan takes --config FILE.toml" in err

@@ -59,5 +59,5 @@ def test_bandwidth_model_and_custom_values():
         resolve_hardware("8xh100", "nvlink4", p2p=False)
     with pytest.raises(BanyanError, match="needs --network"):
         resolve_hardware("4x4090", nodes=2)
-    with pytest.raises(BanyanError, match="--gpu-tflops and --gpu-mem-gb"):
+    with pytest.raises(BanyanError, match="--gpu_tflops and --gpu_mem_gb"):
         resolve_hardware("2xcustom", gpu_tflops=100)
