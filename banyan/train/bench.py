@@ -10,11 +10,11 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 
 from banyan.config import RunConfig, parse_cli, to_dict
+from banyan.io import atomic_write_text
 from banyan.parallel.env import DistEnv
 from banyan.train.metrics import peak_flops_for, peak_memory_mb
 from banyan.train.step import autocast_for, train_step
@@ -94,6 +94,5 @@ def main(argv: list[str]) -> int:
     text = json.dumps(result, indent=1)
     print(text)
     if cfg.json_out:
-        Path(cfg.json_out).parent.mkdir(parents=True, exist_ok=True)
-        Path(cfg.json_out).write_text(text)
+        atomic_write_text(cfg.json_out, text + "\n")
     return 0

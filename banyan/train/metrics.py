@@ -25,7 +25,8 @@ def measured_cpu_flops(dtype: torch.dtype = torch.float32, seconds: float = 0.3)
     key = str(dtype)
     if key not in _CPU_PEAK:
         n = 1024
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        g = torch.Generator().manual_seed(0)  # its own generator: measuring never shifts the training RNG
+        a, b = torch.randn(n, n, dtype=dtype, generator=g), torch.randn(n, n, dtype=dtype, generator=g)
         for _ in range(2):
             a @ b
         k, t0 = 0, time.perf_counter()

@@ -15,7 +15,6 @@ step, and weights, optimizer, RNG and task state come from the checkpoint. Under
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import signal
@@ -31,7 +30,9 @@ from banyan.parallel.env import DistEnv, agree_on_errors, check_same_config
 from banyan.train import checkpoint as ckpt
 from banyan.train import dist_checkpoint as dist_ckpt
 from banyan.train import faults
-from banyan.train.metrics import MetricsLogger, peak_flops_for, peak_memory_mb
+from banyan.io import atomic_write_json
+from banyan.logger import MetricsLogger, trim_metrics
+from banyan.train.metrics import peak_flops_for, peak_memory_mb
 from banyan.train.schedule import lr_factor, set_lr
 from banyan.train.step import StepResult, autocast_for, train_step
 from banyan.train.task import Task
@@ -93,14 +94,6 @@ def prepare_out_dir(cfg: RunConfig, env: DistEnv) -> tuple[Path, Path | None]:
     if env.is_main:
         out.mkdir(parents=True, exist_ok=True)
     return out, resume_from
-
-
-def trim_metrics(path: Path, upto_step: int) -> None:
-    """On resume, drop records a killed run wrote after its last checkpoint (atomic rewrite)."""
-    if not path.is_file():
-        return
-    keep = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= upto_step]
-    ckpt.atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
 
 class Trainer:
@@ -282,7 +275,7 @@ class Trainer:
                 from banyan.train.plots import plot_run
 
                 summary["plots"] = [str(p) for p in plot_run(self.out)]
-            ckpt.atomic_write_text(self.out / "summary.json", json.dumps(summary, indent=1))
+            atomic_write_json(self.out / "summary.json", summary, indent=1)
             print(f"done: {self.step} steps, {self.state['tokens']:,} tokens in {summary['wall_s']}s; "
                   f"val loss {summary['val_loss']:.4f}, val bpb {summary['val_bpb']:.4f}; outputs in {self.out}")
         self.env.close()
