@@ -175,6 +175,9 @@ class RunConfig:
     """Output folder for config.toml, metrics, plots and checkpoints."""
     resume: bool = False
     """Continue from the latest complete checkpoint in `out`."""
+    init: str = ""
+    """Start from these weights (not a resume: fresh optimizer and step 0): a run folder (its latest
+    checkpoint) or a checkpoint folder; the architecture comes from it. Empty: random init."""
 
     def grad_accum(self, world_size: int = 1) -> int:
         """Micro-steps per optimizer step; raises if the global batch does not divide."""

@@ -33,6 +33,7 @@ from banyan.train import faults
 from banyan.io import atomic_write_json
 from banyan.logger import MetricsLogger, trim_metrics
 from banyan.train.metrics import peak_flops_for, peak_memory_mb
+from banyan.train.init_from import apply_init_model, load_init_weights
 from banyan.train.schedule import lr_factor, set_lr
 from banyan.train.step import StepResult, autocast_for, train_step
 from banyan.train.task import Task
@@ -112,12 +113,17 @@ class Trainer:
         self.env = env = DistEnv.from_env(cfg.train.device)
         with agree_on_errors(env):  # a bad flag on any rank: one message from rank 0, every rank exits
             self.out, resume_from = prepare_out_dir(cfg, env)
+            self.init_from = apply_init_model(cfg)  # --init: the architecture is the source's
             self.task.setup(cfg, env)
             cfg.finalize()
             self.n_micro = cfg.grad_accum(env.world_size)
             check_same_config(to_dict(cfg), env)
         torch.manual_seed(cfg.train.seed)
-        self.par, self.optimizer = build_parallel(cfg, env, init=resume_from is None)
+        fresh = resume_from is None and self.init_from is None
+        self.par, self.optimizer = build_parallel(cfg, env, init=fresh)  # no random init under weights to load
+        if resume_from is None and self.init_from is not None:
+            with agree_on_errors(env):
+                load_init_weights(self.init_from, self.par, cfg, env)
         self.autocast = autocast_for(env.device, cfg.train.dtype)
         self.flops_per_token = self.par.raw.flops_per_token(cfg.train.seq_len)
         self.peak = peak_flops_for(env.device, cfg.train.dtype) * env.world_size  # may draw random matrices
@@ -131,7 +137,8 @@ class Trainer:
             print(f"banyan {self.stage}: {cfg.model.arch} {self.par.raw.num_params() / 1e6:.2f}M params, "
                   f"{self.n_micro} micro-steps x {cfg.train.micro_batch} x {env.world_size} ranks per step, "
                   f"{self.par.notes[0]}, device {env.device}"
-                  + (f", resuming at step {self.step}" if self.step else ""))
+                  + (f", resuming at step {self.step}" if self.step else "")
+                  + (f", weights from {self.init_from}" if self.init_from and not self.step else ""))
 
     def resume(self, path: Path) -> None:
         with agree_on_errors(self.env):

@@ -108,3 +108,37 @@ def test_train_package_functions_stay_short():
     assert not long, long
     assert len((root / "trainer.py").read_text().splitlines()) <= 400
     assert len((root / "pretrain.py").read_text().splitlines()) < 200
+
+
+def test_init_from_a_run_takes_its_weights_and_architecture(tiny_data, tmp_path):
+    from safetensors.torch import load_file
+
+    from banyan.train import checkpoint as ckpt
+    from banyan.train.pretrain import PretrainTask, train
+    from trainkit import tiny_run
+
+    train(tiny_run(tiny_data, tmp_path / "a", max_steps=4))
+    cfg = tiny_run(tiny_data, tmp_path / "b")
+    cfg.model.n_layer, cfg.init = 1, str(tmp_path / "a")  # the source's architecture wins
+    trainer = Trainer(cfg, PretrainTask(cfg))
+    trainer.setup()
+    try:
+        assert trainer.par.raw.config.n_layer == 2 and trainer.step == 0
+        want = load_file(str(ckpt.latest_checkpoint(tmp_path / "a") / "model.safetensors"))
+        got = trainer.par.raw.state_dict()
+        assert want and all(torch.equal(got[k], v) for k, v in want.items())
+    finally:
+        trainer.logger.close()
+
+
+def test_init_from_a_missing_folder_is_one_clear_error(tiny_data, tmp_path):
+    import pytest
+
+    from banyan.errors import CheckpointError
+    from banyan.train.pretrain import PretrainTask
+    from trainkit import tiny_run
+
+    cfg = tiny_run(tiny_data, tmp_path / "c")
+    cfg.init = str(tmp_path / "nowhere")
+    with pytest.raises(CheckpointError, match="--init .*nowhere: no such folder"):
+        Trainer(cfg, PretrainTask(cfg)).run()
