@@ -49,7 +49,9 @@ def peak_flops_for(device: torch.device, dtype: str = "auto") -> float:
         except ImportError:
             pass
         return float("nan")
-    return measured_cpu_flops(torch.bfloat16 if dtype == "bf16" else torch.float32)
+    from banyan.train.step import resolve_dtype
+
+    return measured_cpu_flops(torch.bfloat16 if resolve_dtype(device, dtype) == "bf16" else torch.float32)
 
 
 def peak_memory_mb(device: torch.device) -> float:

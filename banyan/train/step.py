@@ -41,10 +41,18 @@ class StepResult:
     metrics: dict[str, float] = field(default_factory=dict)  # each metric sum / count
 
 
+def resolve_dtype(device: torch.device, dtype: str) -> str:
+    """`auto` -> bf16 where bf16 is native (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
+    if dtype != "auto":
+        return dtype
+    from banyan.hardware import native_bf16
+
+    return "bf16" if native_bf16(device) else "fp32"
+
+
 def autocast_for(device: torch.device, dtype: str) -> contextlib.AbstractContextManager:
-    """bf16/fp16 autocast where asked (auto = bf16 on CUDA, fp32 on CPU)."""
-    if dtype == "auto":
-        dtype = "bf16" if device.type == "cuda" else "fp32"
+    """bf16/fp16 autocast where asked (auto: bf16 where it is native, see resolve_dtype)."""
+    dtype = resolve_dtype(device, dtype)
     if dtype == "fp32":
         return contextlib.nullcontext()
     torch_dtype = torch.bfloat16 if dtype == "bf16" else torch.float16

@@ -152,3 +152,34 @@ def test_torchao_adamw8bit_trains_and_round_trips():  # its first step compiles 
     step(twin, opt2, batch(3))
     for a, b in zip(model.parameters(), twin.parameters()):
         assert torch.equal(a, b)
+
+
+def test_muon_fp32_newton_schulz_matches_torch_bf16_within_bf16_precision():
+    import torch.optim._muon as impl
+
+    from banyan.train.optim import newton_schulz
+
+    g = torch.Generator().manual_seed(0)
+    for shape in ((64, 176), (176, 64), (48, 48)):
+        grad = torch.randn(*shape, generator=g)
+        ours = newton_schulz(grad, (3.4445, -4.7750, 2.0315), 5, 1e-7)
+        ref = impl._zeropower_via_newtonschulz(grad, (3.4445, -4.7750, 2.0315), 5, 1e-7).float()
+        assert ours.shape == grad.shape and ours.dtype == torch.float32
+        assert (ours - ref).abs().max() < 0.05 * ref.abs().max()  # bf16 has ~3 significant digits
+        s = torch.linalg.svdvals(ours.double())
+        assert 0.5 < float(s.min()) and float(s.max()) < 1.5  # orthogonalised: Muon's S' ~ U(0.5, 1.5)
+
+
+def test_muon_step_restores_torch_state():
+    import torch.optim._muon as impl
+
+    from banyan.train.optim import Muon
+
+    original = impl._zeropower_via_newtonschulz
+    w = torch.nn.Parameter(torch.randn(8, 16))
+    opt = Muon([w], lr=0.02, ns_dtype=torch.float32)
+    w.grad = torch.randn(8, 16)
+    before = w.detach().clone()
+    opt.step()
+    assert not torch.equal(before, w.detach())
+    assert impl._zeropower_via_newtonschulz is original
