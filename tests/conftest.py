@@ -15,6 +15,15 @@ torch.set_num_threads(2)
 
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (timing-free, but steadier on shared cores); restored after."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def make_char_corpus(tmp_path_factory):
     """Factory: write 6 overlapping documents cut from `text` (each starting `stride` chars later) and

@@ -9,12 +9,7 @@ from banyan.losses import cross_entropy, lm_loss
 B, T, D, V = 3, 7, 16, 53  # N = 21 positions: odd, prime-ish, so most chunks do not divide it
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def inputs(seed=0, ignore=True):

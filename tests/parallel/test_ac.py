@@ -13,12 +13,7 @@ from banyan.model import build_model
 from banyan.plan.validate import SavedTensorMeter
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(arch="llama", n_layer=3, dropout=0.1):

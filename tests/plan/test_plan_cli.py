@@ -10,12 +10,7 @@ from banyan.cli import main as banyan
 PLAN_1B = ["plan", "--model", "llama-1b", "--gpus", "4x4090", "--interconnect", "pcie4", "--p2p", "off"]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def run(capsys, *argv):

@@ -14,12 +14,7 @@ from banyan.plan.validate import SavedTensorMeter
 from banyan.train.optim import build_optimizer, optimizer_state_bytes, tensor_bytes
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def cfg(arch="llama", **kw):

@@ -18,13 +18,8 @@ from banyan.train.schedule import set_lr
 CFG = dict(arch="llama", vocab_size=512, n_layer=2, n_head=4, n_kv_head=2, d_model=128, max_seq_len=32)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These models are tiny: one thread is as fast, and immune to oversubscription on a busy 2-core box."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+# these models are tiny: one thread is as fast, and immune to oversubscription on a busy 2-core box
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def tiny(**kw):
