@@ -21,6 +21,7 @@ from safetensors.torch import save_model
 from banyan.config import ModelConfig, RunConfig, parse_cli, read_saved_config
 from banyan.io import atomic_path
 from banyan.train.checkpoint import CheckpointError, resolve_checkpoint
+from banyan.train.safe_dcp import safe_reader
 from banyan.train.dist_checkpoint import (DCP_DIR, error_summary, is_sharded, quiet_single_process,
                                          safe_load_planner)
 
@@ -73,9 +74,10 @@ def load_sharded_model(ckpt: Path) -> torch.nn.Module:
     cfg = read_saved_config(RunConfig, ckpt / "config.toml")
     model = empty_model(cfg.model)
     state = {"model": model.state_dict()}  # tensors that share storage with the parameters: loaded in place
+    reader = safe_reader(ckpt / DCP_DIR)  # refuses a metadata file that would run code, before DCP reads it
     try:
         with quiet_single_process():
-            dcp.load(state, checkpoint_id=str(ckpt / DCP_DIR), planner=safe_load_planner())
+            dcp.load(state, storage_reader=reader, planner=safe_load_planner())
     except Exception as e:  # noqa: BLE001 - DCP wraps the real cause (missing key, shape) in CheckpointException
         raise CheckpointError(f"checkpoint {ckpt} does not match the model in its config.toml: "
                               f"{error_summary(e)}") from None

@@ -35,6 +35,7 @@ from banyan.config import RunConfig, read_saved_config, write_config
 from banyan.parallel.env import DistEnv
 from banyan.train import checkpoint as ckpt
 from banyan.train.checkpoint import CheckpointError
+from banyan.train.safe_dcp import safe_reader
 
 DCP_DIR = "dcp"
 _WRAPPER_PARTS = ("_checkpoint_wrapped_module", "_orig_mod")
@@ -246,9 +247,10 @@ def _load_dcp(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
     state: dict[str, Any] = {"model": sd.get_model_state_dict(raw)}
     if optimizer is not None:
         state["optim"] = _optim_template(raw, optimizer, fqn_of)
+    reader = safe_reader(path / DCP_DIR)  # refuses a metadata file that would run code, before DCP reads it
     try:
         with quiet_single_process():
-            dcp.load(state, checkpoint_id=str(path / DCP_DIR), planner=safe_load_planner())
+            dcp.load(state, storage_reader=reader, planner=safe_load_planner())
     except Exception as e:  # DCP wraps per-rank failures (missing keys, shape mismatch) in CheckpointException
         raise CheckpointError(f"checkpoint {path} does not match this model/optimizer: "
                               f"{error_summary(e)}") from None
