@@ -87,3 +87,23 @@ def test_truncated_metadata_is_one_clear_error(tmp_path):
     (folder / ".metadata").write_bytes(data[: len(data) // 2])
     with pytest.raises(CheckpointError, match="not a readable DCP metadata file"):
         read_metadata_file(folder / ".metadata")
+
+
+def test_no_unsafe_deserialisation_anywhere_in_banyan():
+    """Every torch.load passes weights_only=True; nothing calls pickle.load/loads (the allow-list Unpickler aside)."""
+    import ast
+    from pathlib import Path
+
+    bad = []
+    for path in (Path(__file__).parents[2] / "banyan").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if not isinstance(node, ast.Call) or not isinstance(node.func, ast.Attribute):
+                continue
+            owner = getattr(node.func.value, "id", "")
+            if owner == "pickle" and node.func.attr in ("load", "loads"):
+                bad.append(f"{path.name}:{node.lineno} pickle.{node.func.attr}")
+            if owner == "torch" and node.func.attr == "load":
+                safe = any(k.arg == "weights_only" and getattr(k.value, "value", None) is True for k in node.keywords)
+                if not safe:
+                    bad.append(f"{path.name}:{node.lineno} torch.load without weights_only=True")
+    assert not bad, bad
