@@ -30,7 +30,7 @@ from banyan.parallel.env import DistEnv, agree_on_errors, check_same_config
 from banyan.train import checkpoint as ckpt
 from banyan.train import dist_checkpoint as dist_ckpt
 from banyan.train import faults
-from banyan.io import atomic_write_json
+from banyan.io import FolderLock, atomic_write_json
 from banyan.logger import MetricsLogger, trim_metrics
 from banyan.train.metrics import peak_flops_for, peak_memory_mb
 from banyan.train.init_from import apply_init_model, load_init_weights
@@ -77,9 +77,21 @@ class StopFlag:
             signal.signal(sig, handler)
 
 
-def prepare_out_dir(cfg: RunConfig, env: DistEnv) -> tuple[Path, Path | None]:
-    """Refuse to overwrite a previous run; find the checkpoint to resume from."""
+def prepare_out_dir(cfg: RunConfig, env: DistEnv) -> tuple[Path, Path | None, FolderLock | None]:
+    """Lock the run folder (main rank), refuse to overwrite a previous run, find the checkpoint to resume from."""
     out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise BanyanError(f"--out '{out}' is a file, not a folder")
+    lock = FolderLock(out, "run folder").acquire() if env.is_main else None  # held while this run lives
+    try:
+        return out, _resume_point(cfg, out), lock
+    except BaseException:
+        if lock is not None:
+            lock.release()
+        raise
+
+
+def _resume_point(cfg: RunConfig, out: Path) -> Path | None:
     resume_from = None
     if int(os.environ.get("TORCHELASTIC_RESTART_COUNT", 0)) > 0:
         # torchrun --max-restarts re-ran this command after a rank died: continue from the latest
@@ -92,9 +104,7 @@ def prepare_out_dir(cfg: RunConfig, env: DistEnv) -> tuple[Path, Path | None]:
     elif (out / "config.toml").exists() or ckpt.list_checkpoints(out):
         raise BanyanError(f"output folder '{out}' already holds a run; pass --resume to continue it "
                           f"or choose another --out")
-    if env.is_main:
-        out.mkdir(parents=True, exist_ok=True)
-    return out, resume_from
+    return resume_from
 
 
 class Trainer:
@@ -112,7 +122,7 @@ class Trainer:
         cfg = self.cfg
         self.env = env = DistEnv.from_env(cfg.train.device)
         with agree_on_errors(env):  # a bad flag on any rank: one message from rank 0, every rank exits
-            self.out, resume_from = prepare_out_dir(cfg, env)
+            self.out, resume_from, self.lock = prepare_out_dir(cfg, env)
             self.init_from = apply_init_model(cfg)  # --init: the architecture is the source's
             self.task.setup(cfg, env)
             cfg.finalize()
@@ -260,16 +270,21 @@ class Trainer:
 
     def run(self) -> dict:
         """Set up, train to train.max_steps (or a signal), tear down; returns the summary."""
-        self.setup()
-        self.bar = progress_bar(self.cfg, self.step, self.env, self.stage)
-        self.run_t0 = time.perf_counter() - self.state["elapsed_s"]
+        self.lock = None
         try:
-            with StopFlag() as self.stop:
-                self.loop()
+            self.setup()
+            self.bar = progress_bar(self.cfg, self.step, self.env, self.stage)
+            self.run_t0 = time.perf_counter() - self.state["elapsed_s"]
+            try:
+                with StopFlag() as self.stop:
+                    self.loop()
+            finally:
+                self.bar.close()
+                self.logger.close()
+            return self.teardown()
         finally:
-            self.bar.close()
-            self.logger.close()
-        return self.teardown()
+            if self.lock is not None:
+                self.lock.release()
 
     def teardown(self) -> dict:
         ev = self.last_eval

@@ -142,3 +142,32 @@ def test_init_from_a_missing_folder_is_one_clear_error(tiny_data, tmp_path):
     cfg.init = str(tmp_path / "nowhere")
     with pytest.raises(CheckpointError, match="--init .*nowhere: no such folder"):
         Trainer(cfg, PretrainTask(cfg)).run()
+
+
+def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
+    import subprocess
+    import sys
+
+    import pytest
+
+    from banyan.errors import BanyanError
+    from banyan.io import FolderLock
+
+    out = tmp_path / "busy"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from banyan.io import FolderLock; "
+                               f"FolderLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        cfg = _cfg(out)
+        with pytest.raises(BanyanError, match=f"run folder '{out}' is in use by pid {holder.pid}"):
+            Trainer(cfg, CopyTask(cfg)).run()
+        assert not (out / "config.toml").exists() and not (out / "metrics.jsonl").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    with FolderLock(out):  # the kernel dropped the dead holder's lock
+        pass
+    Trainer(_cfg(out, max_steps=2), CopyTask(_cfg(out, max_steps=2))).run()  # and the lock is released after
+    with FolderLock(out):
+        pass
