@@ -179,6 +179,24 @@ class RunConfig:
     """Start from these weights (not a resume: fresh optimizer and step 0): a run folder (its latest
     checkpoint) or a checkpoint folder; the architecture comes from it. Empty: random init."""
 
+    # allowed values of numeric fields, checked when flags are parsed (banyan.configlib.check_ranges)
+    # and in finalize(); (lo, hi), None = unbounded; floats must also be finite
+    ranges = {
+        "model.vocab_size": (0, None), "model.n_layer": (1, None), "model.n_head": (1, None),
+        "model.n_kv_head": (0, None), "model.d_model": (1, None), "model.d_ff": (0, None),
+        "model.multiple_of": (1, None), "model.max_seq_len": (1, None), "model.rope_theta": (1e-9, None),
+        "model.norm_eps": (0.0, 1.0), "model.dropout": (0.0, 0.99), "model.init_std": (1e-12, None),
+        "train.max_steps": (1, None), "train.seq_len": (1, None), "train.micro_batch": (1, None),
+        "train.global_batch_tokens": (0, None), "train.grad_clip": (0.0, None), "train.eval_every": (0, None),
+        "train.eval_batches": (0, None), "train.sample_every": (0, None), "train.sample_tokens": (0, None),
+        "train.log_every": (1, None), "train.max_bad_steps": (1, None), "train.chunked_loss": (0, None),
+        "optim.lr": (0.0, None), "optim.min_lr_ratio": (0.0, 1.0), "optim.weight_decay": (0.0, None),
+        "optim.beta1": (0.0, 0.999999), "optim.beta2": (0.0, 0.999999), "optim.eps": (0.0, None),
+        "optim.warmup_steps": (0, None), "optim.decay_frac": (0.0, 1.0), "optim.muon_lr": (0.0, None),
+        "optim.muon_momentum": (0.0, 0.999999), "checkpoint.every": (0, None), "checkpoint.keep_last": (1, None),
+        "parallel.nproc": (0, None), "parallel.bucket_mb": (1, None), "parallel.replicate_degree": (0, None),
+    }
+
     def grad_accum(self, world_size: int = 1) -> int:
         """Micro-steps per optimizer step; raises if the global batch does not divide."""
         per_micro = self.train.micro_batch * self.train.seq_len * world_size
@@ -192,6 +210,9 @@ class RunConfig:
         return self.train.global_batch_tokens // per_micro
 
     def finalize(self) -> "RunConfig":
+        from banyan.configlib import check_ranges
+
+        check_ranges(self, self.ranges)
         self.model.finalize()
         if self.train.seq_len > self.model.max_seq_len:
             raise ConfigError(f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})")

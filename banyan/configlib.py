@@ -17,6 +17,7 @@ attributes, so this module knows no particular config:
 from __future__ import annotations
 
 import dataclasses
+import math
 import difflib
 import os
 import subprocess
@@ -224,4 +225,24 @@ def parse_cli(cls: type[T], argv: list[str] | None = None, prog: str = "banyan",
                  ") and --config FILE.toml; precedence CLI > --config > --preset > defaults.")
     elif wants_help and takes_file:
         desc += "\n\nAlso: --config FILE.toml (flags override it)."
-    return tyro.cli(cls, args=argv, default=default, prog=prog, description=desc, use_underscores=True)
+    cfg = tyro.cli(cls, args=argv, default=default, prog=prog, description=desc, use_underscores=True)
+    check_ranges(cfg, getattr(cfg, "ranges", {}))  # at parse time: before any torchrun launch
+    return cfg
+
+
+def check_ranges(obj: Any, ranges: dict[str, tuple[float | None, float | None]], prefix: str = "") -> None:
+    """Every float field must be finite; each dotted key in `ranges` must lie in [lo, hi] (None: unbounded).
+
+    One ConfigError naming the flag, the value and the allowed range."""
+    for f in dataclasses.fields(obj):
+        value, key = getattr(obj, f.name), prefix + f.name
+        if dataclasses.is_dataclass(value):
+            check_ranges(value, ranges, key + ".")
+            continue
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"--{key} must be a finite number, got {value}")
+        if key in ranges and isinstance(value, (int, float)) and not isinstance(value, bool):
+            lo, hi = ranges[key]
+            if (lo is not None and value < lo) or (hi is not None and value > hi):
+                allowed = f">= {lo}" if hi is None else f"<= {hi}" if lo is None else f"in [{lo}, {hi}]"
+                raise ConfigError(f"--{key} must be {allowed}, got {value}")
