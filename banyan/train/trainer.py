@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from banyan.config import RunConfig, to_dict, write_config
-from banyan.errors import BanyanError, TrainingDiverged
+from banyan.errors import BanyanError, CheckpointError, TrainingDiverged
 from banyan.parallel.env import DistEnv, agree_on_errors, check_same_config
 from banyan.train import checkpoint as ckpt
 from banyan.train import dist_checkpoint as dist_ckpt
@@ -150,9 +150,31 @@ class Trainer:
                   + (f", resuming at step {self.step}" if self.step else "")
                   + (f", weights from {self.init_from}" if self.init_from and not self.step else ""))
 
+    def load_resumable(self, path: Path) -> dict:
+        """Trainer state from `path`, or from the newest older checkpoint that loads (torn files fall back)."""
+        older = [c for c in reversed(ckpt.list_checkpoints(self.out)) if c != path]
+        first_error = None
+        for ck in [path, *older]:
+            err = None
+            try:
+                state = dist_ckpt.load(ck, self.par, self.optimizer, self.cfg, self.env)
+            except Exception as e:  # noqa: BLE001 - any torn or foreign file: try the previous checkpoint
+                err = e
+            if not self.env.any_rank(err is not None):  # every rank loaded this one
+                if ck != path and self.env.is_main:
+                    print(f"resuming from {ck.name} instead (the newer checkpoints do not load)", file=sys.stderr)
+                return state
+            reason = (f"{type(err).__name__}: {err}" if err is not None else "it failed on another rank")
+            reason = (reason.strip().splitlines() or [""])[0][:300]
+            first_error = first_error or reason
+            if self.env.is_main:
+                print(f"checkpoint {ck} is unusable ({reason}); trying an older one", file=sys.stderr)
+        raise CheckpointError(f"no checkpoint in '{self.out}/checkpoints' can be resumed; the newest failed with: "
+                              f"{first_error}")
+
     def resume(self, path: Path) -> None:
         with agree_on_errors(self.env):
-            state = dist_ckpt.load(path, self.par, self.optimizer, self.cfg, self.env)
+            state = self.load_resumable(path)
         self.step = state.pop("step")
         self.task.load_state_dict(state.pop("task", {}))
         state.pop("data_position", None)

@@ -171,3 +171,33 @@ def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
     Trainer(_cfg(out, max_steps=2), CopyTask(_cfg(out, max_steps=2))).run()  # and the lock is released after
     with FolderLock(out):
         pass
+
+
+def test_resume_falls_back_past_a_torn_checkpoint(tmp_path, capsys):
+    import pytest
+
+    from banyan.errors import CheckpointError
+    from banyan.train import checkpoint as ckpt
+
+    ref = _cfg(tmp_path / "ref")
+    Trainer(ref, CopyTask(ref)).run()
+    out = tmp_path / "torn"
+    cfg = _cfg(out)
+    StopsAt20(cfg, CopyTask(cfg)).run()  # checkpoints at steps 10 and 20
+    newest = ckpt.latest_checkpoint(out)
+    weights = newest / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[:100])  # torn by a crash or a full disk
+    cfg = _cfg(out)
+    cfg.resume = True
+    Trainer(cfg, CopyTask(cfg)).run()
+    err = capsys.readouterr().err
+    assert "step_000020 is unusable" in err and "resuming from step_000010 instead" in err
+    want = {r["step"]: r["loss"] for r in _rows(tmp_path / "ref")}
+    assert {r["step"]: r["loss"] for r in _rows(out)} == want  # steps 11-30 re-run exactly
+    for ck in ckpt.list_checkpoints(out):  # every checkpoint torn: one clear error
+        (ck / "trainer.json").write_text("{not json")
+        (ck / "model.safetensors").write_bytes(b"x")
+    cfg = _cfg(out)
+    cfg.resume = True
+    with pytest.raises(CheckpointError, match="no checkpoint in .* can be resumed"):
+        Trainer(cfg, CopyTask(cfg)).run()
