@@ -319,11 +319,12 @@ def throughput(summary: dict) -> dict:
     return {"total_tokens_per_s": total, "trained_tokens_per_s": total * eff, "packing_efficiency": eff}
 
 
-def train(cfg: SFTConfig) -> dict:
-    """Run (or resume) an SFT job; returns the summary (with throughput figures, also in summary.json)."""
+def train(cfg: SFTConfig, task: SFTTask | None = None) -> dict:
+    """Run (or resume) an SFT job; returns the summary (with throughput figures, also in summary.json).
+    `task` (default a new SFTTask) may be passed to reuse its encoded data afterwards."""
     from banyan.io import atomic_write_json
 
-    trainer = Trainer(cfg, SFTTask(cfg), stage="sft")
+    trainer = Trainer(cfg, task or SFTTask(cfg), stage="sft")
     summary = trainer.run()
     summary.update(throughput(summary))
     if trainer.env.is_main:

@@ -48,10 +48,10 @@ def chats(tmp_path_factory):
 def sft_cfg(source, data, out, **sft):
     return load_config(SFTConfig, overrides={
         "init": str(source), "out": str(out),
-        "sft": {"data": str(data), "val_fraction": 0.2, "end_prompts": 2, "end_tokens": 8, **sft},
-        "train": {"max_steps": 6, "seq_len": 64, "micro_batch": 2, "global_batch_tokens": 256, "eval_every": 3,
+        "sft": {"data": str(data), "val_fraction": 0.2, "end_prompts": 1, "end_tokens": 8, **sft},
+        "train": {"max_steps": 4, "seq_len": 64, "micro_batch": 2, "global_batch_tokens": 256, "eval_every": 2,
                   "eval_batches": 2, "log_every": 1, "device": "cpu", "sample_every": 0},
-        "optim": {"lr": 3e-3, "warmup_steps": 1}, "checkpoint": {"every": 3, "keep_last": 3},
+        "optim": {"lr": 3e-3, "warmup_steps": 1}, "checkpoint": {"every": 2, "keep_last": 3},
         "log": {"tensorboard": False, "wandb": False, "plots": False, "progress": False}})
 
 
@@ -172,9 +172,9 @@ def test_batches_are_a_pure_function_of_the_step(source_run, chats, tmp_path):
         assert all(torch.equal(x[k], y[k]) for k in x)
 
 
-class StopsAt3(Trainer):
+class StopsAt2(Trainer):
     def after_step(self, res, lr):
-        return super().after_step(res, lr) and self.step < 3
+        return super().after_step(res, lr) and self.step < 2
 
 
 def _losses(out):
@@ -185,12 +185,12 @@ def _losses(out):
 def test_resume_mid_sft_equals_an_uninterrupted_run(source_run, chats, tmp_path):
     train(sft_cfg(source_run, chats, tmp_path / "ref"))
     part = sft_cfg(source_run, chats, tmp_path / "part")
-    StopsAt3(part, SFTTask(part), stage="sft").run()
+    StopsAt2(part, SFTTask(part), stage="sft").run()
     rest = sft_cfg(source_run, chats, tmp_path / "part")
     rest.resume = True
     summary = train(rest)
     assert _losses(tmp_path / "part") == _losses(tmp_path / "ref")
-    ck = tmp_path / "part" / "checkpoints" / "step_000006"
+    ck = tmp_path / "part" / "checkpoints" / "step_000004"
     assert (ck / "tokenizer.json").is_file()
     assert "chat_template" in json.loads((ck / "tokenizer_config.json").read_text())
     assert 0 < summary["packing_efficiency"] <= 1 and 0 <= summary["val_end_rate"] <= 1
