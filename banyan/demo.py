@@ -1,5 +1,7 @@
 """`make demo`: prepare the embedded Shakespeare corpus, pretrain the default tiny Llama on CPU,
-print val loss / bits per byte, write plots and print a sample. `--quick` is the CI-sized version."""
+print val loss / bits per byte, write plots and print a sample, then chat-tune it (SFT on the
+embedded shakespeare-dialogue conversations), check it against the pretrained model on held-out
+plays and print a two-turn chat. `--quick` is the CI-sized version."""
 
 from __future__ import annotations
 
@@ -24,10 +26,10 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     wanted = PrepareConfig(out=str(data))
     if _prepared_spec(data) != wanted.tokenizer:
-        print(f"[1/3] preparing the embedded Shakespeare corpus ({wanted.tokenizer}) into {data} ...")
+        print(f"[1/4] preparing the embedded Shakespeare corpus ({wanted.tokenizer}) into {data} ...")
         prepare(wanted)
     else:
-        print(f"[1/3] using prepared data in {data}")
+        print(f"[1/4] using prepared data in {data}")
 
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
     if out.exists():
@@ -38,13 +40,13 @@ def main(argv: list[str] | None = None) -> int:
         overrides["checkpoint"] = {"every": 20}
         overrides["optim"] = {"warmup_steps": 5}
     cfg: RunConfig = load_config(RunConfig, preset="shakespeare", overrides=overrides)
-    print(f"[2/3] pretraining {cfg.model.arch} ({cfg.model.n_layer} layers, width {cfg.model.d_model}) "
+    print(f"[2/4] pretraining {cfg.model.arch} ({cfg.model.n_layer} layers, width {cfg.model.d_model}) "
           f"for {cfg.train.max_steps} steps on CPU ...")
     from banyan.train.pretrain import train
 
     summary = train(cfg)
 
-    print("[3/3] sampling from the final checkpoint:")
+    print("[3/4] sampling from the final checkpoint:")
     from banyan.parallel.env import resolve_device
     from banyan.train.sample import generate_text, load_for_inference
 
@@ -54,8 +56,80 @@ def main(argv: list[str] | None = None) -> int:
     print(generate_text(model, tok, "ROMEO:", 160, 0.8, 50, 1.0, 1337, device))
     print("-" * 60)
     print(f"val loss {summary['val_loss']:.4f} nats/token, val bpb {summary['val_bpb']:.4f} bits/byte; "
-          f"plots: {out / 'plots'}; total {time.time() - t0:.0f}s")
+          f"plots: {out / 'plots'}")
+    sft_demo(out, Path(f"{out}-sft"), args.quick)
+    print(f"total {time.time() - t0:.0f}s")
     return 0
+
+
+def sft_demo(src: Path, out: Path, quick: bool) -> None:
+    """[4/4] SFT on shakespeare-dialogue from the pretrained run; compare on held-out plays; chat twice."""
+    from banyan.train.sft import SFTConfig, SFTTask, train
+
+    if out.exists():
+        shutil.rmtree(out)
+    steps = 15 if quick else 200
+    cfg: SFTConfig = load_config(SFTConfig, overrides={
+        "init": str(src), "out": str(out),
+        "sft": {"data": "shakespeare-dialogue", "end_prompts": 0, "max_conversations": 1000 if quick else 0,
+                "max_val_conversations": 200 if quick else 1000},
+        "train": {"max_steps": steps, "seq_len": 256, "micro_batch": 8, "dtype": "bf16", "eval_every": 0,
+                  "eval_batches": 4 if quick else 16, "log_every": 5, "device": "cpu"},
+        "optim": {"name": "muon", "lr": 2e-3, "muon_lr": 0.01, "warmup_steps": 5},
+        "checkpoint": {"every": 0}})
+    print(f"[4/4] chat-tuning (SFT) on shakespeare-dialogue for {steps} steps ...")
+    t0 = time.time()
+    task = SFTTask(cfg)
+    train(cfg, task)
+    print(f"SFT took {time.time() - t0:.0f}s")
+    held_out_check(src, task, 10 if quick else 50)
+    chat_demo(out)
+
+
+def held_out_check(src: Path, task, k: int) -> None:
+    """Assistant-token val loss of the pretrained vs the SFT model on the same held-out plays (the SFT
+    run's task: its encoded val conversations), and the SFT model's end-of-turn rate on k held-out prompts."""
+    from banyan.eval.lm import evaluate_lm
+    from banyan.train.sample import load_for_inference
+
+    task.cfg.sft.end_tokens = 200
+    losses = {}
+    for name, run in (("pretrained", src), ("sft", Path(task.cfg.out))):
+        model = load_for_inference(run, task.env.device)[0]
+        losses[name] = evaluate_lm(model, task.val_batches(), task.loss, task.token_bytes)
+    rate = task.end_rate(model, k)
+    print(f"held-out plays, assistant tokens only ({losses['sft']['val_tokens']} tokens): val loss pretrained "
+          f"{losses['pretrained']['val_loss']:.4f} -> SFT {losses['sft']['val_loss']:.4f}; SFT model ends its "
+          f"turn with <|end|> within 200 tokens on {rate:.0%} of {k} held-out prompts")
+
+
+def chat_demo(run: Path) -> None:
+    """A two-turn chat with the SFT model: the chat template, KV-cache generation, stop at <|end|>."""
+    import torch
+
+    from banyan.data.chat import Turn
+    from banyan.data.chat_template import END_OF_TURN, encode_prompt, load_chat_template
+    from banyan.train import checkpoint as ckpt
+    from banyan.train.sample import load_for_inference
+
+    model, tok, _ = load_for_inference(run, torch.device("cpu"))
+    template = load_chat_template(ckpt.resolve_checkpoint(run))
+    end = tok.special_id(END_OF_TURN)
+    conv = [Turn("system", "You are ROMEO in Romeo and Juliet.")]
+    g = torch.Generator().manual_seed(1337)
+    print("-" * 60)
+    for question in ("What light through yonder window breaks?", "Wilt thou be gone? It is not yet near day."):
+        conv.append(Turn("user", question))
+        ids = encode_prompt(tok, template, conv)
+        if len(ids) > model.config.max_seq_len - 64:  # a long history: keep the system prompt and this question
+            conv = [conv[0], conv[-1]]
+            ids = encode_prompt(tok, template, conv)
+        new = min(120, model.config.max_seq_len - len(ids))
+        out = model.generate(torch.tensor([ids]), new, temperature=0.8, top_k=50, eos_id=end, generator=g)
+        answer = tok.decode([i for i in out[0, len(ids):].tolist() if i != end]).strip()
+        conv.append(Turn("assistant", answer))
+        print(f"user: {question}\nROMEO: {answer}\n")
+    print("-" * 60)
 
 
 def _prepared_spec(data: Path) -> str | None:

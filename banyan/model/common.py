@@ -46,17 +46,31 @@ class KVCache:
         return self.k[layer][:, :, :end], self.v[layer][:, :, :end]
 
 
+def document_mask(doc_ids: torch.Tensor) -> torch.Tensor:
+    """Block-diagonal causal mask [B, 1, T, T] (True = attend) for packed sequences: query i sees key j
+    when j <= i and both belong to the same document (doc_ids [B, T], one segment id per position)."""
+    T = doc_ids.size(1)
+    causal = torch.ones(T, T, dtype=torch.bool, device=doc_ids.device).tril()
+    return (causal & (doc_ids[:, :, None] == doc_ids[:, None, :]))[:, None]
+
+
 def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, start_pos: int = 0,
-                     dropout_p: float = 0.0) -> torch.Tensor:
+                     dropout_p: float = 0.0, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
     """Causal (grouped-query) attention through `F.scaled_dot_product_attention`.
 
     q: [B, n_head, T, hd] at absolute positions start_pos..start_pos+T-1; k, v: [B, n_kv_head, S, hd]
     at positions 0..S-1 (S = start_pos+T with a cache, S = T without). Returns [B, n_head, T, hd].
+    doc_ids [B, T] (packed documents, no cache): attention stays inside each document (document_mask).
     """
     T, S = q.size(2), k.size(2)
     # the cache may be stored in another dtype than autocast computes q in
     k, v = k.to(q.dtype), v.to(q.dtype)
     gqa = k.size(1) != q.size(1)
+    if doc_ids is not None:
+        if T != S:
+            raise BanyanError("doc_ids (packed documents) cannot be combined with a KV cache prefix")
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=document_mask(doc_ids), dropout_p=dropout_p,
+                                              enable_gqa=gqa)
     if T == S:  # no cached prefix: the plain causal mask (fast kernels)
         return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout_p, is_causal=True, enable_gqa=gqa)
     mask = None
@@ -116,8 +130,12 @@ class CausalLM(nn.Module, abc.ABC):
 
     # ------------------------------------------------------------------ implemented per architecture
     @abc.abstractmethod
-    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        """input_ids [B, T] -> final-norm hidden states [B, T, D]."""
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
+                      position_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """input_ids [B, T] -> final-norm hidden states [B, T, D].
+
+        Packed sequences pass position_ids [B, T] (positions restart at 0 in each document) and
+        doc_ids [B, T] (segment ids; attention stays inside a segment); both None is the plain path."""
 
     @abc.abstractmethod
     def output_weight(self) -> torch.Tensor:
@@ -174,14 +192,31 @@ class CausalLM(nn.Module, abc.ABC):
 
     # ------------------------------------------------------------------ shared
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
-                return_hidden: bool = False) -> torch.Tensor:
+                return_hidden: bool = False, position_ids: torch.Tensor | None = None,
+                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         """input_ids [B, T] -> logits [B, T, V]; with a cache, appends K/V of positions start_pos.. first.
 
         return_hidden=True returns the final hidden states [B, T, D] instead, through forward so that
         DDP/FSDP hooks still run; a chunked loss then multiplies them by output_weight() piecewise.
+        position_ids / doc_ids [B, T]: packed documents (see hidden_states).
         """
-        hidden = self.hidden_states(input_ids, cache, start_pos)
+        if position_ids is None and doc_ids is None:
+            hidden = self.hidden_states(input_ids, cache, start_pos)  # the plain path, exactly as before
+        else:
+            self.check_packed(input_ids, cache, position_ids, doc_ids)
+            hidden = self.hidden_states(input_ids, cache, start_pos, position_ids=position_ids, doc_ids=doc_ids)
         return hidden if return_hidden else F.linear(hidden, self.output_weight())
+
+    def check_packed(self, input_ids, cache, position_ids, doc_ids) -> None:
+        if cache is not None:
+            raise BanyanError("position_ids/doc_ids (packed documents) are for training; generation uses the cache")
+        for name, t in (("position_ids", position_ids), ("doc_ids", doc_ids)):
+            if t is not None and t.shape != input_ids.shape:
+                raise BanyanError(f"{name} must have the shape of input_ids {tuple(input_ids.shape)}, "
+                                  f"got {tuple(t.shape)}")
+        if position_ids is not None and position_ids.numel() and int(position_ids.max()) >= self.config.max_seq_len:
+            raise BanyanError(f"position_ids reach {int(position_ids.max())}, outside the model's context "
+                              f"(model.max_seq_len = {self.config.max_seq_len})")
 
     def check_positions(self, start_pos: int, length: int) -> None:
         if start_pos < 0 or start_pos + length > self.config.max_seq_len:

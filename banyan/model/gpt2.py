@@ -29,13 +29,14 @@ class Attention(nn.Module):
         self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None, start_pos: int) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, cache: KVCache | None, start_pos: int,
+                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         B, T, D = x.shape
         q, k, v = self.c_attn(x).split(D, dim=-1)  # 3 x [B, T, D]
         q, k, v = (t.view(B, T, self.n_head, self.head_dim).transpose(1, 2) for t in (q, k, v))  # [B, H, T, hd]
         if cache is not None:
             k, v = cache.update(self.layer_idx, start_pos, k, v)  # [B, H, start_pos+T, hd]
-        y = causal_attention(q, k, v, start_pos, self.dropout if self.training else 0.0)
+        y = causal_attention(q, k, v, start_pos, self.dropout if self.training else 0.0, doc_ids)
         return self.resid_dropout(self.c_proj(y.transpose(1, 2).reshape(B, T, D)))
 
 
@@ -62,8 +63,9 @@ class Block(nn.Module):
         self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
-        x = x + self.attn(self.ln_1(x), cache, start_pos)
+    def forward(self, x: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
+                doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.ln_1(x), cache, start_pos, doc_ids)
         return x + self.mlp(self.ln_2(x))
 
 
@@ -88,13 +90,15 @@ class GPT2(CausalLM):
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight
 
-    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
+                      position_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         T = input_ids.size(1)
         self.check_positions(start_pos, T)
-        pos = torch.arange(start_pos, start_pos + T, device=input_ids.device)
+        # [T] absolute positions, or [B, T] per-token positions of packed documents
+        pos = torch.arange(start_pos, start_pos + T, device=input_ids.device) if position_ids is None else position_ids
         x = self.transformer.drop(self.transformer.wte(input_ids) + self.transformer.wpe(pos))  # [B, T, D]
         for block in self.transformer.h:
-            x = block(x, cache, start_pos)
+            x = block(x, cache, start_pos, doc_ids)
         return self.transformer.ln_f(x)
 
     def output_weight(self) -> torch.Tensor:

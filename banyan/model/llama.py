@@ -69,6 +69,13 @@ def rope_cos_sin(cfg: ModelConfig, start_pos: int, length: int, device: torch.de
     return emb.cos(), emb.sin()
 
 
+def rope_cos_sin_at(cfg: ModelConfig, position_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos, sin [B, 1, T, hd] (fp32) at per-token positions position_ids [B, T] (packed documents)."""
+    freqs = position_ids.float()[..., None] * rope_inv_freq(cfg, position_ids.device)  # [B, T, hd/2]
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]
+    return emb.cos(), emb.sin()
+
+
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotate x [B, H, T, hd] by position: x*cos + rotate_half(x)*sin, rotate_half(a, b) = (-b, a)."""
     x1, x2 = x.chunk(2, dim=-1)
@@ -90,7 +97,7 @@ class Attention(nn.Module):
         self.o_proj = nn.Linear(cfg.n_head * cfg.head_dim, cfg.d_model, bias=False)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None,
-                start_pos: int) -> torch.Tensor:
+                start_pos: int, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         B, T, _ = x.shape
         q = self.q_proj(x).view(B, T, self.n_head, self.head_dim).transpose(1, 2)  # [B, H, T, hd]
         k = self.k_proj(x).view(B, T, self.n_kv_head, self.head_dim).transpose(1, 2)  # [B, Hkv, T, hd]
@@ -98,7 +105,7 @@ class Attention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         if cache is not None:
             k, v = cache.update(self.layer_idx, start_pos, k, v)  # [B, Hkv, start_pos+T, hd]
-        y = causal_attention(q, k, v, start_pos, self.dropout if self.training else 0.0)
+        y = causal_attention(q, k, v, start_pos, self.dropout if self.training else 0.0, doc_ids)
         return self.o_proj(y.transpose(1, 2).reshape(B, T, self.n_head * self.head_dim))
 
 
@@ -127,8 +134,8 @@ class Block(nn.Module):
         self.drop = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, cache: KVCache | None = None,
-                start_pos: int = 0) -> torch.Tensor:
-        x = x + self.drop(self.self_attn(self.input_layernorm(x), cos, sin, cache, start_pos))
+                start_pos: int = 0, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.drop(self.self_attn(self.input_layernorm(x), cos, sin, cache, start_pos, doc_ids))
         return x + self.drop(self.mlp(self.post_attention_layernorm(x)))
 
 
@@ -155,13 +162,17 @@ class Llama(CausalLM):
         if cfg.tie_embeddings:
             self.lm_head.weight = self.model.embed_tokens.weight
 
-    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0) -> torch.Tensor:
+    def hidden_states(self, input_ids: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
+                      position_ids: torch.Tensor | None = None, doc_ids: torch.Tensor | None = None) -> torch.Tensor:
         T = input_ids.size(1)
         self.check_positions(start_pos, T)
         x = self.model.embed_tokens(input_ids)  # [B, T, D]
-        cos, sin = rope_cos_sin(self.config, start_pos, T, x.device)
+        if position_ids is None:
+            cos, sin = rope_cos_sin(self.config, start_pos, T, x.device)  # [T, hd]
+        else:
+            cos, sin = rope_cos_sin_at(self.config, position_ids)  # [B, 1, T, hd]
         for block in self.model.layers:
-            x = block(x, cos, sin, cache, start_pos)
+            x = block(x, cos, sin, cache, start_pos, doc_ids)
         return self.model.norm(x)
 
     def output_weight(self) -> torch.Tensor:

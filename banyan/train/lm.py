@@ -15,17 +15,20 @@ from banyan.train.task import IGNORE, Batch, Task
 
 
 def causal_lm_loss(model: nn.Module, batch: Batch, chunk: int = 0):
-    """(sum of next-token cross-entropy over labelled positions, their count, {}) for input_ids/labels [B, T]."""
+    """(sum of next-token cross-entropy over labelled positions, their count, {}) for input_ids/labels [B, T].
+
+    A packed batch also carries position_ids and doc_ids [B, T] (banyan.data.packing), passed to the model."""
     x, y = batch["input_ids"], batch["labels"]
+    packed = {k: batch[k] for k in ("position_ids", "doc_ids") if k in batch}
     if chunk:
         # through forward (not .hidden_states) so DDP/FSDP hooks run; [B, T, D] -> chunked CE
         from banyan.losses import lm_loss
 
-        hidden = model(x, return_hidden=True)
+        hidden = model(x, return_hidden=True, **packed)
         core = getattr(model, "module", model)  # DDP wraps the model; FSDP2 does not
         loss_sum = lm_loss(hidden, core.output_weight(), y, chunk=chunk, ignore_index=IGNORE, reduction="sum")
     else:
-        logits = model(x)  # [B, T, V]
+        logits = model(x, **packed)  # [B, T, V]
         loss_sum = F.cross_entropy(logits.float().flatten(0, 1), y.flatten(), ignore_index=IGNORE, reduction="sum")
     return loss_sum, (y != IGNORE).sum(), {}
 
