@@ -65,3 +65,37 @@ def init_adapters(par) -> None:
     from banyan.parallel.materialize import init_sharded
 
     init_sharded(par.raw, only=is_adapter_name)
+
+
+def merged_lora_model(ck: Path, cfg: RunConfig):
+    """A LoRA checkpoint as one plain CPU model: its base rebuilt (the `lora_base` checkpoint, itself
+    merged if it is a LoRA run, or the seeded init the run started from), its adapters loaded, then
+    merged into the weights (banyan.model.lora.merge_lora): plain HF parameter names."""
+    import json
+
+    import torch
+
+    from banyan.model import build_model
+    from banyan.model.lora import merge_lora
+    from banyan.train import checkpoint as ckpt
+    from banyan.train import dist_checkpoint as dist_ckpt
+
+    meta = json.loads((ck / "trainer.json").read_text())
+    base = meta.get("lora_base")
+    if base:
+        if not Path(base).is_dir():
+            raise CheckpointError(f"checkpoint {ck}: its LoRA base {base} is gone; it is needed to merge the adapters")
+        from banyan.export.source import load_source
+
+        model = load_source(base).model.train()
+    else:  # the Trainer's order: manual_seed, then the plain init plan (the adapters' draws come after)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(meta.get("lora_seed", cfg.train.seed))
+            model = build_model(cfg.model, device="cpu")
+    maybe_apply_lora(model, cfg)
+    if (ck / ckpt.ADAPTERS).is_file():
+        ckpt.load_adapters(ck, model)
+    else:  # sharded: read the adapter entries in this process
+        with dist_ckpt.quiet_single_process():
+            dist_ckpt._load_dcp(ck, model, None, {})
+    return merge_lora(model)

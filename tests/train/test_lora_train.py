@@ -123,3 +123,27 @@ def test_bad_target_is_exit_2(tiny_data, tmp_path, capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "unknown module name 'qkv'" in err and "q_proj" in err
     assert not (tmp_path / "x" / "checkpoints").exists()
+
+
+def test_export_of_a_lora_run_is_its_forward_in_transformers(tiny_data, tmp_path):
+    """Seeded base (no --init): export rebuilds it, merges the adapters; transformers' logits == the
+    LoRA model's (unmerged) logits."""
+    transformers = pytest.importorskip("transformers")
+    from banyan.export.hf import ExportHFConfig, export_hf
+    from banyan.export.source import load_source
+
+    cfg = lora_run(tiny_data, tmp_path / "run", max_steps=4, eval_every=0)
+    trainer = Watched(cfg, PretrainTask(cfg))
+    trainer.run()
+    lora_model = trainer.par.raw.eval()
+    assert any(k.endswith("lora_B") and v.abs().sum() > 0 for k, v in trainer.after.items())
+    x = torch.randint(0, cfg.model.vocab_size, (2, 20), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        want = lora_model(x)
+    src = load_source(tmp_path / "run")
+    assert not any("lora_" in n for n in src.model.state_dict())  # plain HF names
+    out = export_hf(ExportHFConfig(src=str(tmp_path / "run"), out=str(tmp_path / "hf")))
+    hf = transformers.AutoModelForCausalLM.from_pretrained(out)
+    with torch.no_grad():
+        assert (hf(x).logits - want).abs().max().item() <= 1e-5
+        assert (src.model(x) - want).abs().max().item() <= 1e-5
