@@ -23,7 +23,7 @@ from banyan.configlib import _check_value, _field_types, _pop_option, _suggest  
 from banyan.errors import ConfigError
 from banyan.model.config import ModelConfig
 
-__all__ = ["PRESET_DIR", "CheckpointConfig", "ConfigError", "DataConfig", "LogConfig", "ModelConfig", "OptimConfig",
+__all__ = ["PRESET_DIR", "CheckpointConfig", "ConfigError", "DataConfig", "LoRAConfig", "LogConfig", "ModelConfig", "OptimConfig",
            "ParallelConfig", "RunConfig", "TrainConfig", "apply_dict", "git_commit", "list_presets", "load_config",
            "parse_cli", "preset_path", "read_saved_config", "read_toml", "to_dict", "write_config"]
 
@@ -160,6 +160,31 @@ class ParallelConfig:
 
 
 @dataclass
+class LoRAConfig:
+    """Low-rank adapters (Hu et al. 2021) on frozen weights, for any stage; rank 0 trains every weight."""
+
+    rank: int = 0
+    """Adapter rank r (0: LoRA off, full fine-tuning)."""
+    alpha: float = 16.0
+    """Scale numerator: the adapter update is multiplied by alpha / rank."""
+    dropout: float = 0.0
+    """Dropout on the adapters' input (the base path is not dropped)."""
+    targets: str = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj"
+    """Comma-separated linear layers to adapt, matched by module-name suffix (GPT-2: c_attn,c_proj,c_fc)."""
+
+    def check(self) -> None:
+        """A ConfigError for a negative rank, a bad dropout or an unknown target name."""
+        from banyan.model.lora import check_targets
+
+        if self.rank < 0:
+            raise ConfigError(f"lora.rank must be >= 0 (0 turns LoRA off), got {self.rank}")
+        if self.rank:
+            if not 0.0 <= self.dropout < 1.0:
+                raise ConfigError(f"lora.dropout must be in [0, 1), got {self.dropout}")
+            check_targets(self.targets)
+
+
+@dataclass
 class RunConfig:
     """A complete training run: `banyan pretrain` takes this."""
 
@@ -171,6 +196,7 @@ class RunConfig:
     log: LogConfig = field(default_factory=LogConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)
     out: str = "runs/shakespeare"
     """Output folder for config.toml, metrics, plots and checkpoints."""
     resume: bool = False
@@ -217,4 +243,5 @@ class RunConfig:
         if self.train.seq_len > self.model.max_seq_len:
             raise ConfigError(f"train.seq_len ({self.train.seq_len}) exceeds model.max_seq_len ({self.model.max_seq_len})")
         self.grad_accum(1)
+        self.lora.check()
         return self

@@ -3,8 +3,9 @@ output written to a temp name beside the target and renamed into place.
 
 `load_source(path)` takes a run folder (its latest checkpoint) or a checkpoint folder, single-process
 (model.safetensors) or sharded (dcp/, read with banyan.train.consolidate's loader, no manual merge),
-and returns the weights as a plain banyan model. Adapters (LoRA, when it exists) are to be merged
-here, so every format downstream sees one plain model.
+and returns the weights as a plain banyan model. A LoRA checkpoint (adapters only) gets its base
+rebuilt and the adapters merged here (banyan.train.lora_run.merged_lora_model), so every format
+downstream sees one plain model with HF names.
 """
 
 from __future__ import annotations
@@ -96,7 +97,11 @@ def load_source(path: str | os.PathLike) -> Source:
         raise CheckpointError(f"checkpoint {ckpt} has no config.toml")
     cfg = read_saved_config(RunConfig, config_file)
     cfg.model.finalize()
-    if (ckpt / "model.safetensors").is_file():
+    if cfg.lora.rank:
+        from banyan.train.lora_run import merged_lora_model
+
+        model = merged_lora_model(ckpt, cfg)
+    elif (ckpt / "model.safetensors").is_file():
         model = empty_model(cfg.model)  # no random init: every weight is read from the file
         load_checkpoint(ckpt, model, None, restore_rng=False)
     elif is_sharded(ckpt):

@@ -155,8 +155,11 @@ class CausalLM(nn.Module, abc.ABC):
         and embedding weights, zero biases, unit norm gains; the projections that write into the residual
         stream get init_std/sqrt(2*n_layer) so its variance does not grow with depth (GPT-2 paper, 2.3).
         A tied head appears twice (embedding, then head): the second draw is the one that stays.
-        banyan.parallel.materialize replays this plan shard by shard on a sharded model.
+        LoRA adapters (banyan.model.lora) come last, "uniform" (value = bound) A and "zeros" B, so the base
+        draws are those of a plain model. banyan.parallel.materialize replays this plan shard by shard.
         """
+        from banyan.model.lora import lora_init_plan
+
         std = self.config.init_std
         out_std = std / math.sqrt(2 * self.config.n_layer)
         plan = []
@@ -173,7 +176,7 @@ class CausalLM(nn.Module, abc.ABC):
                 plan.append((f"{name}.weight", module.weight, "ones", 1.0))
                 if getattr(module, "bias", None) is not None:
                     plan.append((f"{name}.bias", module.bias, "zeros", 0.0))
-        return plan
+        return plan + lora_init_plan(self)
 
     @torch.no_grad()
     def init_weights(self) -> None:
@@ -181,6 +184,8 @@ class CausalLM(nn.Module, abc.ABC):
         for _, param, kind, std in self.init_plan():
             if kind == "normal":
                 nn.init.normal_(param, 0.0, std)
+            elif kind == "uniform":
+                nn.init.uniform_(param, -std, std)
             elif kind == "zeros":
                 nn.init.zeros_(param)
             else:

@@ -72,11 +72,26 @@ def streamed_normal_(param: torch.Tensor, std: float, chunk: int = 0) -> None:
 
 
 @torch.no_grad()
-def init_sharded(model: nn.Module, chunk: int = 0) -> None:
-    """`model.init_weights()` for a model whose parameters may be DTensor shards: same values, shard memory."""
-    for _, param, kind, std in model.init_plan():
+def full_uniform_(param: torch.Tensor, bound: float) -> None:
+    """This rank's rows of a full-size U(-bound, bound) draw on the global CPU generator. Only LoRA A
+    matrices ([r, in], small) use it, so the whole tensor is drawn at once and the local rows kept."""
+    full = torch.empty(param.shape, dtype=torch.float32).uniform_(-bound, bound)
+    local = param.to_local() if hasattr(param, "to_local") else param
+    r0, r1 = local_row_range(param)
+    local.copy_(full[r0:r1].to(local.dtype).view(local.shape))
+
+
+@torch.no_grad()
+def init_sharded(model: nn.Module, chunk: int = 0, only=None) -> None:
+    """`model.init_weights()` for a model whose parameters may be DTensor shards: same values, shard memory.
+    `only(name) -> bool` restricts it to some parameters (LoRA adapters after the base was loaded)."""
+    for name, param, kind, std in model.init_plan():
+        if only is not None and not only(name):
+            continue
         if kind == "normal":
             streamed_normal_(param, std, chunk)
+        elif kind == "uniform":
+            full_uniform_(param, std)
         elif kind == "zeros":
             param.zero_()
         elif kind == "ones":

@@ -84,6 +84,8 @@ class PlanConfig:
     """--validate: sequences per step (0: the recipe's, at most 8)."""
     device: str = "auto"
     """--validate: auto, cpu, cuda, cuda:1."""
+    lora_rank: int | None = None
+    """LoRA adapter rank to plan for (None: the recipe's lora.rank; 0: full training)."""
 
 
 def load_run_config(model: str | None, config: str | None, vocab_size: int | None,
@@ -180,6 +182,7 @@ def render_validate(res: dict, name: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from banyan.plan import memory as M
     from banyan.plan.planner import Workload, make_plan, plan_dict, resolve_hardware
 
     args = parse_cli(PlanConfig, argv, prog="banyan plan", description=PlanConfig.__doc__ + "\n\n" + EXAMPLES)
@@ -210,8 +213,9 @@ def main(argv: list[str] | None = None) -> int:
     hw = resolve_hardware(args.gpus, args.interconnect, args.p2p == "on", args.nodes, args.network or None,
                           args.gpu_tflops, args.gpu_mem_gb, args.gpu_mem_bw_gbs, args.bandwidth_gbs, args.network_gbs)
     gbt = args.global_batch_tokens or cfg.train.global_batch_tokens or cfg.train.micro_batch * seq * hw.world
+    rank = cfg.lora.rank if args.lora_rank is None else args.lora_rank
     work = Workload(cfg.model, name, seq, gbt, args.mfu, chunk, 2 if args.reduce_dtype == "bf16" else 4,
-                    float(cfg.parallel.bucket_mb))
+                    float(cfg.parallel.bucket_mb), specs=M.param_specs(cfg.model, rank, cfg.lora.targets))
     plan = make_plan(work, hw, _split(args.optim), _split(args.strategy) if args.strategy else None, _split(args.ac))
     d = plan_dict(work, hw, plan)
     if args.json:

@@ -75,14 +75,42 @@ class ParamSpec:
     name: str
     shape: tuple[int, ...]
     kind: str
+    frozen: bool = False
+    """LoRA: a base weight (no grad, no optimizer state); kind "lora" marks the trainable adapters."""
 
     @property
     def numel(self) -> int:
         return math.prod(self.shape)
 
 
-def param_specs(cfg: ModelConfig) -> list[ParamSpec]:
-    """Every parameter of the model `cfg` describes, in `named_parameters()` order (tied head once)."""
+def param_specs(cfg: ModelConfig, lora_rank: int = 0, lora_targets: str = "") -> list[ParamSpec]:
+    """Every parameter of the model `cfg` describes, in `named_parameters()` order (tied head once);
+    with lora_rank > 0 the base is frozen and each targeted matrix is followed (after its bias) by its
+    adapters A [r, in] and B [out, r], as banyan.model.lora.apply_lora registers them."""
+    specs = _base_specs(cfg)
+    if lora_rank <= 0:
+        return specs
+    from banyan.model.lora import check_targets
+
+    targets = check_targets(lora_targets)
+    out: list[ParamSpec] = []
+    for i, s in enumerate(specs):
+        out.append(ParamSpec(s.name, s.shape, s.kind, frozen=True))
+        mod = s.name.rsplit(".", 1)[0]
+        last_of_module = i + 1 == len(specs) or specs[i + 1].name.rsplit(".", 1)[0] != mod
+        owner = next((t for t in specs if t.name == mod + ".weight"), None)
+        if last_of_module and owner is not None and owner.kind == "matrix" and mod.rsplit(".", 1)[-1] in targets:
+            n_out, n_in = owner.shape
+            out += [ParamSpec(mod + ".lora_A", (lora_rank, n_in), "lora"),
+                    ParamSpec(mod + ".lora_B", (n_out, lora_rank), "lora")]
+    return out
+
+
+def trainable(specs: list[ParamSpec]) -> list[ParamSpec]:
+    return [s for s in specs if not s.frozen]
+
+
+def _base_specs(cfg: ModelConfig) -> list[ParamSpec]:
     cfg.finalize()
     V, D, F, L = cfg.vocab_size, cfg.d_model, cfg.d_ff, cfg.n_layer
     hq, hkv = cfg.n_head * cfg.head_dim, cfg.n_kv_head * cfg.head_dim
@@ -150,16 +178,17 @@ def optimizer_state_bytes(specs: list[ParamSpec], optim: str) -> int:
             quantised = n >= 4096 and n % BLOCK == 0
             total += 4 + (2 * n + 8 * (n // BLOCK) + 2 * 256 * 4 if quantised else 8 * n)
         elif optim == "muon":
-            total += 4 * n if s.kind == "matrix" else 8 * n + 4
+            total += 4 * n if s.kind in ("matrix", "lora") else 8 * n + 4  # Muon takes every 2-D block weight
         else:
             raise ValueError(f"unknown optimizer {optim!r}; expected one of {OPTIMIZERS}")
     return total + (2 * 256 * 4 if any_8bit else 0)
 
 
 def static_bytes(specs: list[ParamSpec], optim: str) -> dict[str, int]:
-    """Unsharded params (fp32), grads (fp32) and optimizer state, in bytes."""
-    n = n_params(specs)
-    return {"params": 4 * n, "grads": 4 * n, "optim": optimizer_state_bytes(specs, optim)}
+    """Unsharded params (fp32), grads (fp32) and optimizer state, in bytes; frozen (LoRA base) parameters
+    have neither grads nor optimizer state."""
+    train = trainable(specs)
+    return {"params": 4 * n_params(specs), "grads": 4 * n_params(train), "optim": optimizer_state_bytes(train, optim)}
 
 
 def layer_bytes_per_token(cfg: ModelConfig, e: int, r: int = 4) -> float:

@@ -121,7 +121,7 @@ def memory_bytes(work: Workload, strategy: str, optim: str, ac: str, mb: int, n:
     fsdp = strategy in ("zero2", "zero3")
     shard_o = n if strategy in ("zero1", "zero2", "zero3") else 1
     # FSDP accumulates unsharded grads (reduce dtype) while the trainer skips reduce-scatters
-    unsharded = work.reduce_bytes * M.n_params(work.specs) if fsdp and accum > 1 else 0
+    unsharded = work.reduce_bytes * M.n_params(M.trainable(work.specs)) if fsdp and accum > 1 else 0
     act = M.activation_bytes(work.cfg, mb, work.seq, ac, work.chunk, work.compute_bytes)["total"]
     buf = sum(M.buffer_bytes(work.cfg, work.specs, strategy, ac, mb, work.seq, work.chunk,
                              work.compute_bytes).values())

@@ -54,13 +54,15 @@ def recompute_flops_per_token(cfg: ModelConfig, specs: list[ParamSpec], seq: int
 
 def optimizer_seconds(cfg: ModelConfig, specs: list[ParamSpec], optim: str, shard: int, mem_bw_gbs: float,
                       peak_flops: float, mfu: float) -> float:
-    """Time of one optimizer step (+ grad-norm read) on one GPU holding 1/shard of the state."""
+    """Time of one optimizer step (+ grad-norm read) on one GPU holding 1/shard of the state (trainable
+    parameters only: a LoRA base has no optimizer step)."""
+    specs = [s for s in specs if not s.frozen]
     mem = (OPT_BYTES[optim] + 4) * n_params(specs) / shard / (mem_bw_gbs * 1e9)
     if optim != "muon":
         return mem
     ns = 0.0
     for s in specs:
-        if s.kind == "matrix":
+        if s.kind in ("matrix", "lora"):
             m, n = sorted(s.shape)
             ns += NS_STEPS * (4.0 * m * m * n + 2.0 * m**3)
     return mem + ns / (peak_flops * mfu)

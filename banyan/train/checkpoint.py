@@ -4,6 +4,8 @@ Layout of one checkpoint (everything a resume or an export needs, nothing pickle
 
     OUT/checkpoints/step_000100/
         model.safetensors   weights (tied tensors stored once)
+        adapters.safetensors  instead of model.safetensors in a LoRA run: the adapters only; the frozen
+                            base is trainer.json's `lora_base` (a checkpoint) or the seeded init
         optimizer.pt        optimizer.state_dict(), tensors only -> torch.load(weights_only=True)
         rng.pt              torch / cuda / numpy / python RNG states as tensors and lists
         trainer.json        step, tokens seen, data position, bad-step counter, ...
@@ -29,13 +31,15 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from safetensors.torch import load_model, save_model
+from safetensors.torch import load_file, load_model, save_file, save_model
 
 from banyan.errors import CheckpointError, ConfigError
 from banyan.config import ModelConfig, RunConfig, read_saved_config, to_dict, write_config
 from banyan.io import atomic_write_text, replace_dir
+from banyan.model.lora import has_lora, is_adapter_name, lora_state_dict
 
 CKPT_DIR = "checkpoints"
+ADAPTERS = "adapters.safetensors"
 TOKENIZER_CONFIG = "tokenizer_config.json"  # HF convention: chat_template, bos/eos/pad tokens
 
 
@@ -117,7 +121,10 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
     tmp = root / f"step_{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
-    save_model(model, str(tmp / "model.safetensors"))
+    if has_lora(model):  # the frozen base is not written again: adapters + a pointer (trainer_state)
+        save_file({k: v.contiguous() for k, v in lora_state_dict(model).items()}, str(tmp / ADAPTERS))
+    else:
+        save_model(model, str(tmp / "model.safetensors"))
     if optimizer is not None:
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
     torch.save(rng_state(), tmp / "rng.pt")
@@ -167,13 +174,19 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     saved_cfg = read_saved_config(RunConfig, path / "config.toml")
     if cfg is not None:
         check_compatible(saved_cfg.model.finalize(), cfg.model, path)
-    if not (path / "model.safetensors").is_file() and (path / "dcp").is_dir():
+        if optimizer is not None:
+            check_same_lora(saved_cfg, cfg, path)
+    if (path / ADAPTERS).is_file():
+        load_adapters(path, model)
+    elif not (path / "model.safetensors").is_file() and (path / "dcp").is_dir():
         raise CheckpointError(f"checkpoint {path} is sharded (written by a multi-process run); resume it with "
                               f"`banyan pretrain --resume` or merge it first: banyan checkpoint consolidate {path}")
-    missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
-    if missing or unexpected:
-        raise CheckpointError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
-                              f"unexpected {sorted(unexpected)[:5]}")
+    else:
+        missing, unexpected = load_model(model, str(path / "model.safetensors"), strict=False)
+        missing = [k for k in missing if not is_adapter_name(k)]  # a plain checkpoint is a LoRA run's base
+        if missing or unexpected:
+            raise CheckpointError(f"checkpoint {path} does not match the model: missing {sorted(missing)[:5]}, "
+                                  f"unexpected {sorted(unexpected)[:5]}")
     if optimizer is not None:
         opt_file = path / "optimizer.pt"
         if not opt_file.is_file():
@@ -182,3 +195,31 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if restore_rng:
         set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     return json.loads((path / "trainer.json").read_text())
+
+
+def check_same_lora(saved: RunConfig, cfg: RunConfig, where: Path) -> None:
+    """A resume keeps the adapter layout (rank, alpha, targets) of the run it continues."""
+    a, b = to_dict(saved.lora), to_dict(cfg.lora)
+    for key in ("rank", "alpha", "targets"):
+        if a.get(key) != b.get(key):
+            raise CheckpointError(f"checkpoint {where} is incompatible: lora.{key} is {a.get(key)!r} there, "
+                                  f"{b.get(key)!r} in this run")
+
+
+def load_adapters(path: Path, model: nn.Module) -> None:
+    """adapters.safetensors into a LoRA model: every adapter must be there, nothing else."""
+    if not has_lora(model):
+        raise CheckpointError(f"checkpoint {path} holds LoRA adapters only; load it into a model with the same "
+                              f"--lora settings, or export it (banyan export hf merges them)")
+    weights = load_file(str(path / ADAPTERS))
+    want = lora_state_dict(model)
+    missing, unexpected = sorted(set(want) - set(weights)), sorted(set(weights) - set(want))
+    if missing or unexpected:
+        raise CheckpointError(f"checkpoint {path}: adapters do not match the model: missing {missing[:5]}, "
+                              f"unexpected {unexpected[:5]}")
+    with torch.no_grad():
+        for name, param in want.items():
+            if tuple(weights[name].shape) != tuple(param.shape):
+                raise CheckpointError(f"checkpoint {path}: adapter {name} has shape {tuple(weights[name].shape)}, "
+                                      f"the model {tuple(param.shape)}")
+            param.copy_(weights[name])

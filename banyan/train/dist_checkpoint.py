@@ -32,6 +32,7 @@ import torch
 import torch.nn as nn
 
 from banyan.config import RunConfig, read_saved_config, write_config
+from banyan.model.lora import has_lora, is_adapter_name
 from banyan.parallel.env import DistEnv
 from banyan.train import checkpoint as ckpt
 from banyan.train.checkpoint import CheckpointError
@@ -197,7 +198,7 @@ def save(run_dir: str | Path, step: int, par, optimizer, trainer_state: dict[str
     env.barrier()
     dcp, sd = _dcp()
     fqn_of = _fqn_of(par.raw)
-    state = {"model": sd.get_model_state_dict(par.raw), "optim": _optim_template(par.raw, optimizer, fqn_of)}
+    state = {"model": model_state(par.raw, None), "optim": _optim_template(par.raw, optimizer, fqn_of)}
     dcp.save(state, checkpoint_id=str(tmp / DCP_DIR))
     torch.save(ckpt.rng_state(), tmp / f"rng_rank{env.rank}.pt")
     env.barrier()
@@ -229,6 +230,8 @@ def load(path: str | Path, par, optimizer, cfg: RunConfig | None, env: DistEnv,
     saved = read_saved_config(RunConfig, path / "config.toml")
     if cfg is not None:
         ckpt.check_compatible(saved.model.finalize(), cfg.model, path)
+        if optimizer is not None:
+            ckpt.check_same_lora(saved, cfg, path)
     fqn_of = _fqn_of(par.raw)
     if is_sharded(path):
         _load_dcp(path, par.raw, optimizer, fqn_of)
@@ -242,9 +245,24 @@ def load(path: str | Path, par, optimizer, cfg: RunConfig | None, env: DistEnv,
     return json.loads((path / "trainer.json").read_text())
 
 
+def model_state(raw: nn.Module, path: Path | None) -> dict[str, Any]:
+    """The model entries a checkpoint holds: all of them, but for LoRA only the adapters (a LoRA checkpoint,
+    or saving one: path None) or only the base (a plain checkpoint loaded under a LoRA model's adapters)."""
+    _, sd = _dcp()
+    state = sd.get_model_state_dict(raw)
+    if not has_lora(raw):
+        return state
+    adapters = path is None or (path / ckpt.ADAPTERS).is_file() or "lora_base" in _trainer_meta(path)
+    return {k: v for k, v in state.items() if is_adapter_name(k) == adapters}
+
+
+def _trainer_meta(path: Path) -> dict[str, Any]:
+    return json.loads((path / "trainer.json").read_text())
+
+
 def _load_dcp(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
     dcp, sd = _dcp()
-    state: dict[str, Any] = {"model": sd.get_model_state_dict(raw)}
+    state: dict[str, Any] = {"model": model_state(raw, path)}
     if optimizer is not None:
         state["optim"] = _optim_template(raw, optimizer, fqn_of)
     reader = safe_reader(path / DCP_DIR)  # refuses a metadata file that would run code, before DCP reads it
@@ -254,7 +272,7 @@ def _load_dcp(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
     except Exception as e:  # DCP wraps per-rank failures (missing keys, shape mismatch) in CheckpointException
         raise CheckpointError(f"checkpoint {path} does not match this model/optimizer: "
                               f"{error_summary(e)}") from None
-    sd.set_model_state_dict(raw, state["model"])
+    sd.set_model_state_dict(raw, state["model"], options=sd.StateDictOptions(strict=not has_lora(raw)))
     if optimizer is not None:
         _apply_optim(raw, optimizer, fqn_of, state["optim"], full=False)
 
@@ -263,7 +281,7 @@ def _load_full(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
     """A single-process checkpoint into a distributed run: full tensors on every rank, each keeps its part."""
     from safetensors.torch import load_file
 
-    weights = load_file(str(path / "model.safetensors"))
+    weights = load_file(str(path / (ckpt.ADAPTERS if (path / ckpt.ADAPTERS).is_file() else "model.safetensors")))
     # safetensors stores tied tensors once; give every name of a shared parameter the stored value
     names: dict[int, list[str]] = {}
     for n, p in raw.named_parameters(remove_duplicate=False):
@@ -273,9 +291,16 @@ def _load_full(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
         for n in group:
             if have and n not in weights:
                 weights[n] = weights[have[0]]
+    if has_lora(raw):  # adapters of a LoRA checkpoint, or the base under this run's adapters: only those
+        want = set(model_state(raw, path))
+        missing = sorted(want - set(weights))
+        if missing:
+            raise CheckpointError(f"checkpoint {path} does not match the model: missing {missing[:5]}")
+        weights = {k: v for k, v in weights.items() if k in want}
     _, sd = _dcp()
     try:
-        sd.set_model_state_dict(raw, weights, options=sd.StateDictOptions(full_state_dict=True))
+        sd.set_model_state_dict(raw, weights, options=sd.StateDictOptions(full_state_dict=True,
+                                                                          strict=not has_lora(raw)))
     except RuntimeError as e:
         raise CheckpointError(f"checkpoint {path} does not match the model: {error_summary(e)}") from None
     if optimizer is None:

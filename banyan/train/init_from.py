@@ -46,5 +46,7 @@ def init_tokenizer_files(ck: Path) -> list[Path]:
 def load_init_weights(ck: Path, par, cfg: RunConfig, env) -> None:
     """Weights of checkpoint `ck` into the (possibly sharded) model; no optimizer, no RNG."""
     from banyan.train import dist_checkpoint as dist_ckpt
+    from banyan.train.lora_run import check_init_source
 
+    check_init_source(ck)
     dist_ckpt.load(ck, par, None, cfg, env, restore_rng=False)

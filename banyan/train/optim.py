@@ -275,8 +275,11 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, device_type: str = "cpu"
         muon = Muon([dict(params=hidden, name="muon", lr=cfg.muon_lr, initial_lr=cfg.muon_lr,
                           weight_decay=cfg.weight_decay)],
                     lr=cfg.muon_lr, momentum=cfg.muon_momentum, nesterov=True, ns_dtype=ns_dtype)
-        rest = nn.ParameterList([p for p in model.parameters() if id(p) not in ids])
-        adamw = _adamw(param_groups(rest, cfg.weight_decay, cfg.lr), cfg, device_type)
+        rest = param_groups(nn.ParameterList([p for p in model.parameters() if id(p) not in ids]),
+                            cfg.weight_decay, cfg.lr)
+        if not rest:  # LoRA on every block matrix: the adapters are all Muon's, nothing left for AdamW
+            return muon
+        adamw = _adamw(rest, cfg, device_type)
         return MuonAdamW(muon, adamw)
     raise BanyanError(f"optim.name must be one of adamw, adamw8bit, adamw8bit-torchao, muon; got {cfg.name!r}")
 

@@ -44,8 +44,14 @@ def load_for_inference(path: str | Path, device: torch.device):
 
     path = ckpt.resolve_checkpoint(path)
     cfg = read_saved_config(RunConfig, path / "config.toml")
-    model = build_model(cfg.model.finalize())
-    ckpt.load_checkpoint(path, model, None, restore_rng=False)
+    if cfg.lora.rank:  # adapters only: base rebuilt, adapters merged
+        from banyan.train.lora_run import merged_lora_model
+
+        cfg.model.finalize()
+        model = merged_lora_model(path, cfg)
+    else:
+        model = build_model(cfg.model.finalize())
+        ckpt.load_checkpoint(path, model, None, restore_rng=False)
     tok_file = path / "tokenizer.json"
     if not tok_file.is_file():
         raise BanyanError(f"checkpoint {path} has no tokenizer.json")

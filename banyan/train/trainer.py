@@ -34,6 +34,7 @@ from banyan.io import FolderLock, atomic_write_json
 from banyan.logger import MetricsLogger, trim_metrics
 from banyan.train.metrics import peak_flops_for, peak_memory_mb
 from banyan.train.init_from import apply_init_model, load_init_weights
+from banyan.train.lora_run import base_pointer, init_adapters, maybe_apply_lora, run_base
 from banyan.train.schedule import lr_factor, set_lr
 from banyan.train.step import StepResult, autocast_for, train_step
 from banyan.train.task import Task
@@ -49,6 +50,7 @@ def build_parallel(cfg: RunConfig, env: DistEnv, init: bool = True):
     from banyan.train.optim import build_optimizer
 
     model = build_model(cfg.model, device="meta")
+    maybe_apply_lora(model, cfg)  # before parallelize: FSDP shards the adapters with their blocks
     with agree_on_errors(env):
         par = parallelize(model, cfg, env, init=init)
     optimizer = par.shard_optimizer(build_optimizer(par.raw, cfg.optim, env.device.type))
@@ -129,11 +131,16 @@ class Trainer:
             self.n_micro = cfg.grad_accum(env.world_size)
             check_same_config(to_dict(cfg), env)
         torch.manual_seed(cfg.train.seed)
-        fresh = resume_from is None and self.init_from is None
+        with agree_on_errors(env):  # LoRA resume: base (init source or seeded init) first, adapters later
+            base = run_base(cfg, self.init_from, resume_from)
+        self.lora_meta = base_pointer(cfg, base)
+        fresh = base is None and (resume_from is None or cfg.lora.rank > 0)
         self.par, self.optimizer = build_parallel(cfg, env, init=fresh)  # no random init under weights to load
-        if resume_from is None and self.init_from is not None:
+        if base is not None:
             with agree_on_errors(env):
-                load_init_weights(self.init_from, self.par, cfg, env)
+                load_init_weights(base, self.par, cfg, env)
+                if cfg.lora.rank:
+                    init_adapters(self.par)
         self.autocast = autocast_for(env.device, cfg.train.dtype)
         self.flops_per_token = self.par.raw.flops_per_token(cfg.train.seq_len)
         self.peak = peak_flops_for(env.device, cfg.train.dtype) * env.world_size  # may draw random matrices
@@ -245,8 +252,8 @@ class Trainer:
             self.logger.text("sample", text, self.step)
 
     def save(self) -> Path | None:
-        trainer_state = {**self.state, "data_position": {"next_step": self.step, "seed": self.cfg.train.seed},
-                         "task": self.task.state_dict()}
+        trainer_state = {**self.state, **self.lora_meta, "task": self.task.state_dict(),
+                         "data_position": {"next_step": self.step, "seed": self.cfg.train.seed}}
         files = self.task.tokenizer_files()
         # every rank takes part (sharded DCP checkpoint when distributed, safetensors otherwise)
         return dist_ckpt.save(self.out, self.step, self.par, self.optimizer, trainer_state, self.cfg,

@@ -103,3 +103,14 @@ def test_unknown_flag_exits_2_naming_it(capsys):
 def test_preset_flag_points_at_model(capsys):
     rc, _, err = run(capsys, "plan", "--preset", "llama-1b", "--gpus", "4x4090")
     assert rc == 2 and "banyan plan takes --config FILE.toml" in err
+
+
+def test_lora_rank_shrinks_grads_and_optimizer_state(capsys):
+    rc, out, _ = run(capsys, *PLAN_1B, "--json", "--strategy", "ddp", "--optim", "adamw", "--ac", "none")
+    full = json.loads(out)["rows"][0]["mem_gb"]
+    rc2, out2, _ = run(capsys, *PLAN_1B, "--json", "--strategy", "ddp", "--optim", "adamw", "--ac", "none",
+                       "--lora_rank", "16")
+    lora = json.loads(out2)["rows"][0]["mem_gb"]
+    assert rc == rc2 == 0
+    assert lora["params"] > full["params"]  # base + adapters
+    assert lora["grads"] < full["grads"] / 20 and lora["optim"] < full["optim"] / 20

@@ -84,3 +84,30 @@ def test_activation_checkpointing_and_chunking_shrink_the_prediction():
     chunked = M.activation_bytes(c, 4, 32, "none", 64, e=2)
     assert full["blocks"] < none["blocks"] and chunked["other"] < none["other"] / 10
     assert M.logits_buffer_bytes(c, 8192, 1024, 2) < M.logits_buffer_bytes(c, 8192, 0, 2) / 4
+
+
+@pytest.mark.parametrize("arch,targets,optim", [("llama", "q_proj,v_proj,down_proj", "adamw"),
+                                                ("llama", "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj",
+                                                 "muon"),
+                                                ("gpt2", "c_attn,c_proj,c_fc", "adamw8bit")])
+def test_lora_static_memory_equals_real_tensor_bytes(arch, targets, optim):
+    """LoRA: frozen base (params only), adapters with grads and optimizer state; names and order too."""
+    from banyan.model.lora import apply_lora
+
+    c = cfg(arch)
+    torch.manual_seed(0)
+    model = build_model(c)
+    apply_lora(model, 4, 8.0, 0.0, targets)
+    specs = M.param_specs(c, 4, targets)
+    assert [(s.name, s.shape) for s in specs] == [(n, tuple(p.shape)) for n, p in model.named_parameters()]
+    assert [s.name for s in specs if not s.frozen] == [n for n, p in model.named_parameters() if p.requires_grad]
+    opt = build_optimizer(model, OptimConfig(name=optim))
+    x = torch.randint(0, c.vocab_size, (2, 17))
+    lm_loss(model.hidden_states(x[:, :-1]), model.output_weight(), x[:, 1:]).backward()
+    grads = tensor_bytes(p.grad for p in model.parameters() if p.grad is not None)
+    opt.step()
+    predicted = M.static_bytes(specs, optim)
+    assert predicted == {"params": tensor_bytes(model.parameters()), "grads": grads,
+                         "optim": optimizer_state_bytes(opt)}
+    full = M.static_bytes(M.param_specs(c), optim)
+    assert predicted["grads"] < full["grads"] / 4 and predicted["params"] > full["params"]
