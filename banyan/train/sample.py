@@ -8,9 +8,8 @@ from pathlib import Path
 import torch
 
 from banyan.errors import BanyanError
-from banyan.config import RunConfig, parse_cli, read_saved_config
+from banyan.config import parse_cli
 from banyan.parallel.env import resolve_device
-from banyan.train import checkpoint as ckpt
 
 
 @dataclass
@@ -38,18 +37,15 @@ class SampleConfig:
 
 
 def load_for_inference(path: str | Path, device: torch.device):
-    """(model, tokenizer, run config) from a checkpoint folder or run folder."""
+    """(model, tokenizer, run config) from a checkpoint folder or run folder, single-process or sharded (DCP)."""
     from banyan.data.tokenizer import load_tokenizer
-    from banyan.model import build_model
+    from banyan.export.source import load_source
 
-    path = ckpt.resolve_checkpoint(path)
-    cfg = read_saved_config(RunConfig, path / "config.toml")
-    model = build_model(cfg.model.finalize())
-    ckpt.load_checkpoint(path, model, None, restore_rng=False)
-    tok_file = path / "tokenizer.json"
+    src = load_source(path)
+    tok_file = src.ckpt / "tokenizer.json"
     if not tok_file.is_file():
-        raise BanyanError(f"checkpoint {path} has no tokenizer.json")
-    return model.to(device).eval(), load_tokenizer(tok_file), cfg
+        raise BanyanError(f"checkpoint {src.ckpt} has no tokenizer.json")
+    return src.model.to(device).eval(), load_tokenizer(tok_file), src.cfg
 
 
 def generate_text(model, tok, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
