@@ -5,7 +5,6 @@ import os
 import pty
 import select
 import shutil
-import subprocess
 import sys
 import time
 
@@ -163,37 +162,80 @@ def test_text_stream_prints_multibyte_characters_whole():
 
 
 # ----------------------------------------------------------------------------- the CLI
-def run_chat(args, **kw):
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    return subprocess.run([sys.executable, "-m", "banyan", "chat", *args], capture_output=True, text=True,
-                          env=env, timeout=120, **kw)
+def chat_cli(args, capsys):
+    """`banyan chat ARGS` through the CLI's own entry point, in this process: (exit code, stdout, stderr)."""
+    from banyan.cli import main
+
+    rc = main(["chat", *args])
+    out = capsys.readouterr()
+    return rc, out.out, out.err
 
 
-def test_prompt_mode_prints_only_the_reply(run):
-    args = ["--ckpt", str(run), "--prompt", "Who art thou?", "--temperature", "0", "--max_new_tokens", "10",
-            "--system", "You are ROMEO."]
-    r = run_chat(args)
-    assert r.returncode == 0, r.stderr
-    cfg = ChatConfig(ckpt=str(run), prompt="Who art thou?", temperature=0, max_new_tokens=10, system="You are ROMEO.")
-    expected, _ = open_session(cfg, lambda m: None).reply(cfg.prompt)
-    assert r.stdout == expected + "\n" and "default template" not in r.stderr
+def test_prompt_mode_prints_only_the_reply(run, capsys):
+    rc, out, err = chat_cli(["--ckpt", str(run), "--prompt", "Who art thou?", "--temperature", "0",
+                             "--max_new_tokens", "10", "--system", "You are ROMEO."], capsys)
+    assert rc == 0, err
+    model, tok = open_session(ChatConfig(ckpt=str(run)), print).model, load_tokenizer(run / "checkpoints/step_000004")
+    ids = encode_prompt(tok, DEFAULT_CHAT_TEMPLATE, [Turn("system", "You are ROMEO."), Turn("user", "Who art thou?")])
+    assert out == greedy_reply(model, tok, ids, 10) + "\n" and err == ""
 
 
-def test_missing_template_falls_back_to_the_default_and_says_so(run, tmp_path):
+def test_a_sharded_checkpoint_chats_like_its_single_file_twin(run, tmp_path, capsys):
+    import torch.distributed.checkpoint as dcp
+
+    from banyan.train.dist_checkpoint import quiet_single_process
+
+    single = run / "checkpoints" / "step_000004"
+    sharded = tmp_path / "sharded"
+    shutil.copytree(single, sharded)
+    model = open_session(ChatConfig(ckpt=str(single)), print).model
+    (sharded / "model.safetensors").unlink()
+    with quiet_single_process():
+        dcp.save({"model": model.state_dict()}, checkpoint_id=str(sharded / "dcp"))
+    args = ["--prompt", "Speak.", "--temperature", "0", "--max_new_tokens", "8"]
+    replies = [chat_cli(["--ckpt", str(c), *args], capsys)[:2] for c in (single, sharded)]
+    assert replies[0] == replies[1] and replies[0][0] == 0 and replies[0][1].strip()
+
+
+def test_missing_template_falls_back_to_the_default_and_says_so(run, tmp_path, capsys):
     ckpt = tmp_path / "ckpt"
     shutil.copytree(run / "checkpoints" / "step_000004", ckpt)
     (ckpt / "tokenizer_config.json").unlink()
-    r = run_chat(["--ckpt", str(ckpt), "--prompt", "Hi", "--max_new_tokens", "4"])
-    assert r.returncode == 0, r.stderr
-    assert r.stderr.count("using banyan's default template") == 1
+    rc, _, err = chat_cli(["--ckpt", str(ckpt), "--prompt", "Hi", "--max_new_tokens", "4"], capsys)
+    assert rc == 0, err
+    assert err.count("using banyan's default template") == 1
 
 
-@pytest.mark.parametrize("make", [lambda p: p / "nowhere", lambda p: p])
-def test_bad_ckpt_exits_2_with_one_line(make, tmp_path):
-    r = run_chat(["--ckpt", str(make(tmp_path)), "--prompt", "Hi"])
-    assert r.returncode == 2 and r.stdout == ""
-    lines = r.stderr.strip().splitlines()
-    assert len(lines) == 1 and "banyan chat: error:" in lines[0] and str(tmp_path) in lines[0]
+def test_bad_ckpt_exits_2_with_one_line(run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(run / "checkpoints" / "step_000004", broken)
+    (broken / "tokenizer_config.json").write_text('{"chat_template": "{% for m in messages %}"}')
+    for bad in (tmp_path / "nowhere", tmp_path, broken):
+        rc, out, err = chat_cli(["--ckpt", str(bad), "--prompt", "Hi"], capsys)
+        lines = err.strip().splitlines()
+        assert rc == 2 and out == "" and len(lines) == 1, (bad, err)
+        assert lines[0].startswith("banyan chat: error:") and (str(bad) in lines[0] or "template" in lines[0])
+
+
+def test_repl_commands_and_eof(tok, capsys):
+    from banyan.chat import repl
+
+    model, _ = plain_model(tok)
+    s, notes = session(model, tok, max_new_tokens=4)
+    lines = iter(["Hello.", "/system You are PUCK.", "/bogus", "", "Again."])
+
+    def read(prompt):
+        print(prompt, end="")
+        try:
+            return next(lines)
+        except StopIteration:
+            raise EOFError from None
+
+    assert repl(s, read) == 0
+    out = capsys.readouterr().out
+    assert out.count("user> ") == 6 and out.count("assistant> ") == 2
+    assert [t.role for t in s.turns] == ["system", "user", "assistant", "user", "assistant"]
+    assert any("unknown command /bogus" in n for n in notes)
 
 
 class Pty:
@@ -242,31 +284,16 @@ class Pty:
 def test_repl_through_a_pty(run):
     chat = Pty(["--ckpt", str(run), "--max_new_tokens", "6", "--temperature", "0", "--system", "You are ROMEO."])
     chat.expect("user> ")
-    chat.send("Good morrow.\n")
-    chat.expect("assistant> ")
-    first = chat.expect("user> ")
-    chat.send("/system You are JULIET.\n")
-    chat.expect("[system prompt set")
-    chat.expect("user> ")
-    chat.send("What news?\n")
-    chat.expect("assistant> ")
-    chat.expect("user> ")
-    chat.send("/reset\n")
-    chat.expect("[new conversation]")
-    chat.expect("user> ")
-    chat.send("Good morrow.\n")  # greedy, system prompt JULIET now: the reply differs from nothing but is a reply
-    chat.expect("assistant> ")
-    chat.expect("user> ")
-    chat.send("/quit\n")
-    assert chat.exit_code() == 0
-    assert first.strip()
-
-
-def test_repl_ctrl_c_at_the_prompt_and_ctrl_d_exit(run):
-    chat = Pty(["--ckpt", str(run), "--max_new_tokens", "4"])
-    chat.expect("user> ")
-    chat.send("\x03")
+    chat.send("\x03")  # Ctrl-C at the prompt: a fresh prompt, not an exit
     chat.expect("^C")
     chat.expect("user> ")
-    chat.send("\x04")
+    for line, answer in [("Good morrow.", "assistant> "), ("/system You are JULIET.", "[system prompt set"),
+                         ("What news?", "assistant> "), ("/reset", "[new conversation]"),
+                         ("Good morrow.", "assistant> ")]:
+        chat.send(line + "\n")
+        chat.expect(answer)
+        reply = chat.expect("user> ")
+        if answer == "assistant> ":
+            assert reply.strip(), "an empty reply"
+    chat.send("/quit\n")
     assert chat.exit_code() == 0
