@@ -27,6 +27,7 @@ from banyan.data.chat_template import (CONFIG_FILE, DEFAULT_CHAT_TEMPLATE, END_O
                                        check_template, encode_prompt, load_chat_template)
 from banyan.data.tokenizer import Tokenizer
 from banyan.errors import BanyanError, ConfigError
+from banyan.train.sample import GenerationFlags, load_for_inference
 
 COMMANDS_HELP = "/reset starts over, /system TEXT sets the system prompt, /quit (or Ctrl-D) exits; " \
                 "Ctrl-C stops a reply"
@@ -34,7 +35,7 @@ USER_PROMPT, REPLY_PROMPT = "user> ", "assistant> "
 
 
 @dataclass
-class ChatConfig:
+class ChatConfig(GenerationFlags):
     """Chat with a checkpoint through its chat template."""
 
     ckpt: str = ""
@@ -43,18 +44,6 @@ class ChatConfig:
     """System prompt (empty: none)."""
     prompt: str = ""
     """Answer this one user message, print only the reply and exit (for scripts); empty: interactive."""
-    max_new_tokens: int = 256
-    """Most tokens per reply (a reply also stops at <|end|> or <|eos|>, or when the context is full)."""
-    temperature: float = 0.8
-    """Softmax temperature; 0 = greedy."""
-    top_k: int = 50
-    """Keep the k most likely tokens (0 = off)."""
-    top_p: float = 1.0
-    """Nucleus sampling: keep the smallest set with this much probability (1 = off)."""
-    seed: int = 1337
-    """Sampling seed (same seed and inputs, same replies)."""
-    device: str = "auto"
-    """Device to run on."""
 
 
 class TextStream:
@@ -81,23 +70,13 @@ class TextStream:
         return new
 
 
-@dataclass
-class Sampling:
-    """How replies are drawn (see ChatConfig)."""
-
-    max_new_tokens: int = 256
-    temperature: float = 0.8
-    top_k: int = 50
-    top_p: float = 1.0
-
-
 class ChatSession:
     """One conversation with a model: its turns, and the KV cache holding the ids in `cached`."""
 
-    def __init__(self, model, tok: Tokenizer, template: str, system: str = "", sampling: Sampling | None = None,
+    def __init__(self, model, tok: Tokenizer, template: str, system: str = "", sampling: GenerationFlags | None = None,
                  generator: torch.Generator | None = None, notify: Callable[[str], None] | None = None):
         self.model, self.tok, self.template = model, tok, template
-        self.sampling = sampling or Sampling()
+        self.sampling = sampling or GenerationFlags()
         self.generator = generator
         self.notify = notify or (lambda msg: print(msg, file=sys.stderr, flush=True))
         self.stop_ids = {tok.special_id(END_OF_TURN), tok.eos_id}
@@ -216,19 +195,16 @@ def load_template(ckpt: Path, tok: Tokenizer, notify: Callable[[str], None]) -> 
 def open_session(cfg: ChatConfig, notify: Callable[[str], None]) -> ChatSession:
     from banyan.parallel.env import resolve_device
     from banyan.train.checkpoint import resolve_checkpoint
-    from banyan.train.sample import load_for_inference
 
     if not cfg.ckpt:
         raise ConfigError("give --ckpt RUN_OR_CHECKPOINT_FOLDER")
-    if cfg.max_new_tokens < 1:
-        raise ConfigError(f"--max_new_tokens must be >= 1, got {cfg.max_new_tokens}")
+    cfg.check()
     device = resolve_device(cfg.device, flag="--device")
     ckpt = resolve_checkpoint(cfg.ckpt)
     model, tok, _ = load_for_inference(ckpt, device)
     template = load_template(ckpt, tok, notify)
-    sampling = Sampling(cfg.max_new_tokens, cfg.temperature, cfg.top_k, cfg.top_p)
     generator = torch.Generator(device=device).manual_seed(cfg.seed)
-    return ChatSession(model, tok, template, cfg.system, sampling, generator, notify)
+    return ChatSession(model, tok, template, cfg.system, cfg, generator, notify)
 
 
 def _write(text: str) -> None:

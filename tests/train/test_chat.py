@@ -11,12 +11,13 @@ import time
 import pytest
 import torch
 
-from banyan.chat import ChatConfig, ChatSession, Sampling, TextStream, open_session
+from banyan.chat import ChatConfig, ChatSession, TextStream, open_session
 from banyan.data.chat import Turn
 from banyan.data.chat_template import DEFAULT_CHAT_TEMPLATE, encode_prompt
 from banyan.data.tokenizer import SPECIAL_TOKENS, Tokenizer, load_tokenizer
 from banyan.model import ModelConfig, build_model
 from banyan.train.pretrain import train
+from banyan.train.sample import GenerationFlags
 
 from trainkit import tiny_run
 
@@ -53,7 +54,7 @@ def plain_model(tok, max_seq_len=256):
 
 def session(model, tok, template=DEFAULT_CHAT_TEMPLATE, system="", max_new_tokens=12):
     notes = []
-    return ChatSession(model, tok, template, system, Sampling(max_new_tokens, temperature=0.0), None,
+    return ChatSession(model, tok, template, system, GenerationFlags(max_new_tokens=max_new_tokens, temperature=0.0), None,
                        notes.append), notes
 
 
@@ -215,6 +216,12 @@ def test_bad_ckpt_exits_2_with_one_line(run, tmp_path, capsys):
         lines = err.strip().splitlines()
         assert rc == 2 and out == "" and len(lines) == 1, (bad, err)
         assert lines[0].startswith("banyan chat: error:") and (str(bad) in lines[0] or "template" in lines[0])
+
+
+@pytest.mark.parametrize("flag, value", [("--temperature", "-1"), ("--top_p", "0"), ("--max_new_tokens", "0")])
+def test_bad_sampling_flag_exits_2_naming_it(run, flag, value, capsys):
+    rc, _, err = chat_cli(["--ckpt", str(run), "--prompt", "Hi", flag, value], capsys)
+    assert rc == 2 and f"{flag} must be" in err and value in err
 
 
 def test_repl_commands_and_eof(tok, capsys):
