@@ -18,6 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "pretrain": ("banyan.train.pretrain:main", "Train a Llama or GPT-2 model from scratch on prepared shards."),
     "sft": ("banyan.train.sft:main", "Supervised fine-tuning on conversations (--init RUN, --sft.data PATH|hf:NAME)."),
     "sample": ("banyan.train.sample:main", "Generate text from a checkpoint (KV cache, temperature/top-k/top-p)."),
+    "chat": ("banyan.chat:main", "Chat with a checkpoint in its chat template (KV-cached turns, streamed replies)."),
     "bench train": ("banyan.train.bench:main", "Benchmark training throughput (tokens/s, MFU, memory) as JSON."),
     "bench comm": ("banyan.parallel.bench_comm:main", "Benchmark collectives' bus bandwidth and check their results."),
     "bench rl": ("banyan.rl.bench:main", "Benchmark PPO on CartPole over seeds (steps to solve, samples/s)."),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import abc
 import math
+from collections.abc import Iterator
 
 import torch
 import torch.nn as nn
@@ -267,13 +268,39 @@ class CausalLM(nn.Module, abc.ABC):
         return 6.0 * self.matmul_params() + 12.0 * c.n_layer * c.d_model * seq_len
 
     @torch.no_grad()
+    def prefill(self, input_ids: torch.Tensor, cache: KVCache, start_pos: int = 0) -> torch.Tensor:
+        """Write the K/V of input_ids [B, T] at positions start_pos..start_pos+T-1 into `cache`; returns the
+        logits [B, V] of the last position (what the next token is sampled from).
+
+        Positions past start_pos+T that an earlier call wrote are simply ignored from then on, so
+        prefilling at a smaller start_pos rewinds the cache to start_pos (no copy)."""
+        return self(input_ids, cache=cache, start_pos=start_pos)[:, -1]
+
+    @torch.no_grad()
+    def stream(self, logits: torch.Tensor, cache: KVCache, start_pos: int, max_new_tokens: int,
+               temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+               generator: torch.Generator | None = None) -> Iterator[torch.Tensor]:
+        """Sample up to max_new_tokens tokens [B], one per step, from the last-position `logits` [B, V] of a
+        cache that holds positions 0..start_pos-1.
+
+        Each token is yielded before it is fed, so a consumer that stops (break) after token n leaves the
+        cache holding start_pos + n - 1 positions: every yielded token but the last. The caller keeps the
+        model in eval mode and the positions inside the cache and model.max_seq_len.
+        """
+        for step in range(max_new_tokens):
+            nxt = sample_logits(logits, temperature, top_k, top_p, generator)  # [B]
+            yield nxt
+            if step < max_new_tokens - 1:
+                logits = self.prefill(nxt[:, None], cache, start_pos + step)
+
+    @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, max_new_tokens: int, temperature: float = 1.0,
                  top_k: int | None = None, top_p: float | None = None, eos_id: int | None = None,
                  generator: torch.Generator | None = None) -> torch.Tensor:
         """Continue each row of input_ids [B, T]; returns [B, T + n] with n <= max_new_tokens.
 
-        The prompt is run once (prefill) into a KV cache, then one token per step. A row that has
-        produced eos_id is padded with eos_id afterwards; generation stops early once every row has.
+        The prompt is run once (prefill) into a KV cache, then one token per step (`stream`). A row that
+        has produced eos_id is padded with eos_id afterwards; generation stops early once every row has.
         T + max_new_tokens must fit in model.max_seq_len, else a BanyanError is raised (no silent crop).
         Runs in eval mode (no dropout) and restores the previous mode.
         """
@@ -289,18 +316,17 @@ class CausalLM(nn.Module, abc.ABC):
         self.eval()
         try:
             cache = self.make_cache(B, T + max_new_tokens, device=input_ids.device)
-            logits = self(input_ids, cache=cache, start_pos=0)[:, -1]  # [B, V]
+            logits = self.prefill(input_ids, cache)
             out = [input_ids]
             done = torch.zeros(B, dtype=torch.bool, device=input_ids.device)
-            for step in range(max_new_tokens):
-                nxt = sample_logits(logits, temperature, top_k, top_p, generator)  # [B]
+            # a finished row keeps being fed its sampled tokens; rows are independent and its output is eos
+            for nxt in self.stream(logits, cache, T, max_new_tokens, temperature, top_k, top_p, generator):
                 if eos_id is not None:
                     nxt = torch.where(done, torch.full_like(nxt, eos_id), nxt)
                     done |= nxt == eos_id
                 out.append(nxt[:, None])
-                if step == max_new_tokens - 1 or (eos_id is not None and bool(done.all())):
+                if eos_id is not None and bool(done.all()):
                     break
-                logits = self(nxt[:, None], cache=cache, start_pos=T + step)[:, -1]
             return torch.cat(out, dim=1)
         finally:
             self.train(was_training)

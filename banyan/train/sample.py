@@ -7,55 +7,60 @@ from pathlib import Path
 
 import torch
 
-from banyan.errors import BanyanError
-from banyan.config import RunConfig, parse_cli, read_saved_config
+from banyan.errors import BanyanError, ConfigError
+from banyan.config import parse_cli
 from banyan.parallel.env import resolve_device
-from banyan.train import checkpoint as ckpt
 
 
 @dataclass
-class SampleConfig:
-    """Generate text from a trained checkpoint."""
+class GenerationFlags:
+    """How tokens are drawn; shared by `banyan sample` and `banyan chat`."""
 
-    ckpt: str = "runs/shakespeare"
-    """A checkpoint folder, or a run folder (its latest checkpoint is used)."""
-    prompt: str = "ROMEO:"
-    """Text to continue."""
     max_new_tokens: int = 200
-    """Tokens to generate (capped by the model's context)."""
+    """Tokens to generate (capped by the model's context; a chat reply also stops at <|end|> or <|eos|>)."""
     temperature: float = 0.8
     """Softmax temperature; 0 = greedy."""
     top_k: int = 50
     """Keep the k most likely tokens (0 = off)."""
     top_p: float = 1.0
     """Nucleus sampling: keep the smallest set with this much probability (1 = off)."""
-    num_samples: int = 1
-    """How many samples to draw."""
     seed: int = 1337
     """Sampling seed (same seed, same text)."""
     device: str = "auto"
     """Device to run on."""
 
+    def check(self) -> None:
+        """A ConfigError naming the first flag out of range."""
+        for flag, value, ok, want in (("--max_new_tokens", self.max_new_tokens, self.max_new_tokens >= 1, ">= 1"),
+                                      ("--temperature", self.temperature, self.temperature >= 0, ">= 0"),
+                                      ("--top_k", self.top_k, self.top_k >= 0, ">= 0 (0 = off)"),
+                                      ("--top_p", self.top_p, 0 < self.top_p <= 1, "in (0, 1]")):
+            if not ok:
+                raise ConfigError(f"{flag} must be {want}, got {value}")
+
+
+@dataclass
+class SampleConfig(GenerationFlags):
+    """Generate text from a trained checkpoint."""
+
+    ckpt: str = "runs/shakespeare"
+    """A checkpoint folder, or a run folder (its latest checkpoint is used)."""
+    prompt: str = "ROMEO:"
+    """Text to continue."""
+    num_samples: int = 1
+    """How many samples to draw."""
+
 
 def load_for_inference(path: str | Path, device: torch.device):
-    """(model, tokenizer, run config) from a checkpoint folder or run folder."""
+    """(model, tokenizer, run config) from a checkpoint folder or run folder, single-process or sharded (DCP)."""
     from banyan.data.tokenizer import load_tokenizer
-    from banyan.model import build_model
+    from banyan.export.source import load_source
 
-    path = ckpt.resolve_checkpoint(path)
-    cfg = read_saved_config(RunConfig, path / "config.toml")
-    if cfg.lora.rank:  # adapters only: base rebuilt, adapters merged
-        from banyan.train.lora_run import merged_lora_model
-
-        cfg.model.finalize()
-        model = merged_lora_model(path, cfg)
-    else:
-        model = build_model(cfg.model.finalize())
-        ckpt.load_checkpoint(path, model, None, restore_rng=False)
-    tok_file = path / "tokenizer.json"
+    src = load_source(path)
+    tok_file = src.ckpt / "tokenizer.json"
     if not tok_file.is_file():
-        raise BanyanError(f"checkpoint {path} has no tokenizer.json")
-    return model.to(device).eval(), load_tokenizer(tok_file), cfg
+        raise BanyanError(f"checkpoint {src.ckpt} has no tokenizer.json")
+    return src.model.to(device).eval(), load_tokenizer(tok_file), src.cfg
 
 
 def generate_text(model, tok, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
@@ -75,6 +80,7 @@ def generate_text(model, tok, prompt: str, max_new_tokens: int, temperature: flo
 
 def main(argv: list[str]) -> int:
     cfg = parse_cli(SampleConfig, argv, prog="banyan sample")
+    cfg.check()
     device = resolve_device(cfg.device, flag="--device")
     model, tok, _ = load_for_inference(cfg.ckpt, device)
     for i in range(cfg.num_samples):

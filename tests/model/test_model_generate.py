@@ -43,6 +43,45 @@ def test_greedy_generate_equals_uncached_argmax_loop(arch, kw, make_config):
     assert torch.equal(out, ref)
 
 
+@pytest.mark.parametrize("arch,kw", CASES)
+def test_stepwise_prefill_stream_equals_full_forward_greedy(arch, kw, make_config):
+    """prefill + stream over two turns (the second continuing the cache, after a rewind) gives the tokens
+    an uncached argmax loop over the whole sequence gives."""
+    model = _model(make_config, arch, **kw)
+    seq = torch.randint(0, 97, (1, 7))
+
+    def reference(prefix, n):
+        with torch.no_grad():
+            for _ in range(n):
+                prefix = torch.cat([prefix, model(prefix)[:, -1].argmax(-1, keepdim=True)], dim=1)
+        return prefix
+
+    cache = model.make_cache(1)
+    got = [int(t) for t in model.stream(model.prefill(seq, cache), cache, 7, 6, temperature=0)]
+    assert got == reference(seq, 6)[0, 7:].tolist()
+    assert cache.length == 7 + 5  # the last yielded token is not fed
+    # turn 2: rewind over the last 2 cached positions, then prefill a new suffix from there
+    history = torch.cat([seq, torch.tensor([got[:4]])], dim=1)  # 11 positions, 0..10 already cached
+    suffix = torch.randint(0, 97, (1, 3))
+    logits = model.prefill(suffix, cache, start_pos=history.size(1))
+    full = torch.cat([history, suffix], dim=1)
+    assert (logits - model(full)[:, -1]).abs().max().item() < 1e-5
+    stepped = [int(t) for t in model.stream(logits, cache, full.size(1), 5, temperature=0)]
+    assert stepped == reference(full, 5)[0, full.size(1):].tolist()
+
+
+def test_stream_stops_feeding_when_the_consumer_stops(make_config):
+    model = _model(make_config, "llama")
+    cache = model.make_cache(1)
+    fed = []
+    model.register_forward_pre_hook(lambda m, args: fed.append(args[0].size(1)))
+    logits = model.prefill(torch.randint(0, 97, (1, 4)), cache)
+    for i, _ in enumerate(model.stream(logits, cache, 4, 10, temperature=0)):
+        if i == 2:
+            break
+    assert fed == [4, 1, 1] and cache.length == 6
+
+
 def test_top_k_1_and_tiny_top_p_are_greedy(make_config):
     model = _model(make_config, "llama")
     prompt = torch.randint(0, 97, (2, 4))
