@@ -170,10 +170,14 @@ def print_table(results: dict[str, dict[str, float]], title: str) -> None:
 def log_wandb(cfg: EvalConfig, results: dict[str, dict[str, float]]) -> None:
     from banyan.logger import MetricsLogger
 
-    flat = {f"{task}/{k}": v for task, r in results.items() for k, v in r.items()
+    def key(spec: str) -> str:  # "eval/arc_easy_acc": the task name and its file's stem, not the whole path
+        name, _, path = spec.partition(":")
+        return f"{name}_{Path(path).stem or Path(path).name}"
+
+    flat = {f"eval/{key(task)}_{k}": v for task, r in results.items() for k, v in r.items()
             if isinstance(v, (int, float)) and math.isfinite(v)}
     with MetricsLogger(cfg.out, cfg.log, run_config={"model": cfg.model, "tasks": cfg.tasks, "limit": cfg.limit}) as lg:
-        lg.log({"step": 0, "kind": "eval", **{k.replace("/", "_"): v for k, v in flat.items()}})
+        lg.log({"step": 0, "kind": "eval", **{k.removeprefix("eval/"): v for k, v in flat.items()}})
         if lg.wandb is not None:
             lg.wandb.summary.update(flat)
 
