@@ -37,6 +37,8 @@ class EvalConfig:
     """Score only the first N items of each task (bpb: N validation batches); 0 = all."""
     batch_size: int = 8
     """Sequences per forward pass."""
+    seq_len: int = 0
+    """bpb tasks: tokens per validation window (0: the model's context, max_seq_len)."""
     max_new_tokens: int = 32
     """Generation budget of em tasks."""
     json_out: str = ""
@@ -120,17 +122,20 @@ def score_em(scorer: Scorer, items: list[tuple[str, str]], template: str | None,
     return {"exact_match": hits / len(items), "items": len(items)}
 
 
-def score_bpb(em: EvalModel, data_dir: str, batch_size: int, limit: int, device: torch.device) -> dict[str, float]:
-    """val loss and bits per byte over the val split of a prepared folder, windows of the model's context."""
+def score_bpb(em: EvalModel, data_dir: str, cfg: EvalConfig, device: torch.device) -> dict[str, float]:
+    """val loss and bits per byte over the val split of a prepared folder ("items" = scored tokens)."""
     from banyan.data.loader import TokenLoader
     from banyan.eval.lm import evaluate_lm
     from banyan.train.lm import causal_lm_loss
 
-    loader = TokenLoader(data_dir, "val", seq_len=em.model.config.max_seq_len, micro_batch=batch_size, seed=0)
+    ctx = em.model.config.max_seq_len
+    if not 0 <= cfg.seq_len <= ctx:
+        raise ConfigError(f"--seq_len {cfg.seq_len} is outside 0..{ctx} (the model's context)")
+    loader = TokenLoader(data_dir, "val", seq_len=cfg.seq_len or ctx, micro_batch=cfg.batch_size, seed=0)
     if loader.vocab_size > em.model.config.vocab_size:
         raise ConfigError(f"{data_dir}: vocabulary of {loader.vocab_size} ids, the model has "
                           f"{em.model.config.vocab_size}; evaluate with data prepared with the model's tokenizer")
-    batches = ({"input_ids": x, "labels": y} for x, y in loader.val_batches(limit))
+    batches = ({"input_ids": x, "labels": y} for x, y in loader.val_batches(cfg.limit))
     r = evaluate_lm(em.model, batches, causal_lm_loss, loader.token_bytes.to(device), prefix="")
     return {"loss": r["loss"], "bpb": r["bpb"], "items": r["tokens"]}
 
@@ -140,7 +145,7 @@ def run_task(spec: str, em: EvalModel, scorer: Scorer, cfg: EvalConfig, device: 
 
     name, path = T.parse_task(spec)
     if name == "bpb":
-        return score_bpb(em, path, cfg.batch_size, cfg.limit, device)
+        return score_bpb(em, path, cfg, device)
     if name == "em-chat" and em.chat_template is None:
         raise ConfigError(f"task {spec}: the model {cfg.model} has no chat template (use em:FILE)")
     items = T.read_mc(name, path, cfg.limit) if name in T.MC_TASKS else T.read_em(path, cfg.limit)

@@ -107,10 +107,11 @@ def test_bpb_equals_evaluate_lm_by_hand(tmp_path, make_char_corpus):
     from exportkit import save_single, tiny_model
 
     data = make_char_corpus("evalbpb", "Before we proceed any further, hear me speak.\n" * 30, 40)
-    loader = TokenLoader(data, "val", seq_len=64, micro_batch=2, seed=0)
+    loader = TokenLoader(data, "val", seq_len=48, micro_batch=2, seed=0)
     model = tiny_model("gpt2", loader.vocab_size, tie=True)
     save_single(tmp_path / "run", model, data / "tokenizer.json")
-    r = eval_json(tmp_path, "--model", str(tmp_path / "run"), "--tasks", f"bpb:{data}", "--batch_size", "2")[f"bpb:{data}"]
+    r = eval_json(tmp_path, "--model", str(tmp_path / "run"), "--tasks", f"bpb:{data}", "--batch_size", "2",
+                  "--seq_len", "48")[f"bpb:{data}"]
     nats = n_tok = n_bytes = 0.0
     for x, y in loader.val_batches():
         with torch.no_grad():
