@@ -33,22 +33,23 @@ from banyan.train import faults
 from banyan.io import atomic_write_json
 from banyan.logger import MetricsLogger, trim_metrics
 from banyan.train.metrics import peak_flops_for, peak_memory_mb
-from banyan.train.init_from import apply_init_model, load_init_weights
+from banyan.train.init_from import apply_init_model
 from banyan.train.schedule import lr_factor, set_lr
 from banyan.train.step import StepResult, autocast_for, train_step
 from banyan.train.task import Task
 
 
-def build_parallel(cfg: RunConfig, env: DistEnv, init: bool = True):
+def build_parallel(cfg: RunConfig, env: DistEnv, init: bool = True, build=None):
     """(Parallelized, optimizer) for `cfg`: meta-device build, parallelize (storage + init), optimizer.
 
     The set-up shared by the Trainer, `banyan bench train` and `banyan plan --validate`.
-    init=False leaves the weights uninitialised because a checkpoint is loaded next."""
+    init=False leaves the weights uninitialised because a checkpoint is loaded next. `build(cfg)`
+    (default: build_model(cfg.model) on the meta device) lets a stage wrap the model (Task.build_model)."""
     from banyan.model import build_model
     from banyan.parallel.wrap import parallelize
     from banyan.train.optim import build_optimizer
 
-    model = build_model(cfg.model, device="meta")
+    model = build(cfg) if build is not None else build_model(cfg.model, device="meta")
     with agree_on_errors(env):
         par = parallelize(model, cfg, env, init=init)
     optimizer = par.shard_optimizer(build_optimizer(par.raw, cfg.optim, env.device.type))
@@ -120,10 +121,11 @@ class Trainer:
             check_same_config(to_dict(cfg), env)
         torch.manual_seed(cfg.train.seed)
         fresh = resume_from is None and self.init_from is None
-        self.par, self.optimizer = build_parallel(cfg, env, init=fresh)  # no random init under weights to load
+        # no random init under weights to load
+        self.par, self.optimizer = build_parallel(cfg, env, init=fresh, build=self.task.build_model)
         if resume_from is None and self.init_from is not None:
             with agree_on_errors(env):
-                load_init_weights(self.init_from, self.par, cfg, env)
+                self.task.load_init(self.init_from, self.par, cfg, env)
         self.autocast = autocast_for(env.device, cfg.train.dtype)
         self.flops_per_token = self.par.raw.flops_per_token(cfg.train.seq_len)
         self.peak = peak_flops_for(env.device, cfg.train.dtype) * env.world_size  # may draw random matrices
