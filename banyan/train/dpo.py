@@ -59,7 +59,8 @@ class DPOSection:
     ref_cache: bool = False
     """Score every pair with the reference once and cache the log-probs on disk instead of holding it in memory."""
     cache_dir: str = ""
-    """Folder of reference log-prob caches (empty: OUT/ref_cache); files are named by a hash of data, template, weights."""
+    """Folder of reference log-prob caches (empty: OUT/ref_cache); each file is named by a hash of
+    the data, the chat template and the reference weights."""
 
 
 @dataclass
@@ -102,7 +103,8 @@ def chat_source(cfg) -> tuple[Path, object, str]:
     from banyan.train.init_from import init_checkpoint
 
     if not cfg.init:
-        raise ConfigError("this stage starts from a trained chat model: pass --init SFT_RUN (a run or checkpoint folder)")
+        raise ConfigError("this stage starts from a trained chat model: pass --init SFT_RUN "
+                          "(a run or checkpoint folder)")
     ck = init_checkpoint(cfg.init)
     try:
         template = load_chat_template(ck)
@@ -246,12 +248,17 @@ def train(cfg: DPOConfig) -> dict:
     return Trainer(cfg, DPOTask(cfg), stage="dpo").run()
 
 
-def main(argv: list[str]) -> int:
+def stage_main(cls, verb: str, train_fn, argv: list[str]) -> int:
+    """`banyan VERB ...`: parse `cls` from argv, relaunch under torchrun for --nproc N, else run `train_fn(cfg)`."""
     from banyan.parallel.launch import alias_nproc, launch_torchrun
 
-    argv = alias_nproc(argv)
-    cfg = parse_cli(DPOConfig, argv, prog="banyan dpo")
+    argv = alias_nproc(argv)  # `--nproc N` is short for `--parallel.nproc N`
+    cfg = parse_cli(cls, argv, prog=f"banyan {verb}")
     if cfg.parallel.nproc > 0 and "LOCAL_RANK" not in os.environ:
-        return launch_torchrun(cfg.parallel.nproc, ["dpo", *argv])
-    train(cfg)
+        return launch_torchrun(cfg.parallel.nproc, [verb, *argv])
+    train_fn(cfg)
     return 0
+
+
+def main(argv: list[str]) -> int:
+    return stage_main(DPOConfig, "dpo", train, argv)

@@ -13,7 +13,6 @@ reads one back for scoring.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -21,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from banyan.config import RunConfig, parse_cli
+from banyan.config import RunConfig
 from banyan.errors import CheckpointError
-from banyan.train.dpo import PairTask, pair_metrics
+from banyan.train.dpo import PairTask, pair_metrics, stage_main
 from banyan.train.task import IGNORE, Batch
 from banyan.train.trainer import Trainer
 
@@ -144,11 +143,4 @@ def train(cfg: RewardConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from banyan.parallel.launch import alias_nproc, launch_torchrun
-
-    argv = alias_nproc(argv)
-    cfg = parse_cli(RewardConfig, argv, prog="banyan reward")
-    if cfg.parallel.nproc > 0 and "LOCAL_RANK" not in os.environ:
-        return launch_torchrun(cfg.parallel.nproc, ["reward", *argv])
-    train(cfg)
-    return 0
+    return stage_main(RewardConfig, "reward", train, argv)
