@@ -17,6 +17,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data prepare": ("banyan.data.prepare:main", "Tokenize a corpus (default: embedded Shakespeare) into token shards."),
     "pretrain": ("banyan.train.pretrain:main", "Train a Llama or GPT-2 model from scratch on prepared shards."),
     "sft": ("banyan.train.sft:main", "Supervised fine-tuning on conversations (--init RUN, --sft.data PATH|hf:NAME)."),
+    "dpo": ("banyan.train.dpo:main", "Align a chat model on preference pairs (DPO, IPO, SimPO) from --init SFT_RUN."),
+    "reward": ("banyan.train.reward:main", "Train a Bradley-Terry reward model on preference pairs from --init SFT_RUN."),
     "sample": ("banyan.train.sample:main", "Generate text from a checkpoint (KV cache, temperature/top-k/top-p)."),
     "chat": ("banyan.chat:main", "Chat with a checkpoint in its chat template (KV-cached turns, streamed replies)."),
     "bench train": ("banyan.train.bench:main", "Benchmark training throughput (tokens/s, MFU, memory) as JSON."),

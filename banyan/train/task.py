@@ -4,6 +4,9 @@ The Trainer (banyan/train/trainer.py) owns set-up, the loop, checkpoints and log
 its data and its loss:
 
     setup(cfg, env)            open data; may fill cfg.model.vocab_size; runs before the model is built
+    build_model(cfg)           the model on the meta device (default: banyan.model.build_model; a stage
+                               may wrap it, e.g. the reward model's scalar head)
+    load_init(ck, par, ...)    --init weights into the parallelized model (default: the whole checkpoint)
     batch(step, micro)         the micro-batch `micro` of optimizer step `step` on this rank: a dict of
                                tensors, a pure function of (step, micro, rank, world size, seed), so a
                                resumed run sees exactly the batches an uninterrupted one would
@@ -46,6 +49,18 @@ class Task(abc.ABC):
 
     def setup(self, cfg, env) -> None:
         """Open data (runs on every rank inside agree_on_errors, before the model exists)."""
+
+    def build_model(self, cfg) -> nn.Module:
+        """The model this stage trains, on the meta device (the Trainer parallelizes it)."""
+        from banyan.model import build_model
+
+        return build_model(cfg.model, device="meta")
+
+    def load_init(self, ck: Path, par, cfg, env) -> None:
+        """Load the --init checkpoint `ck` into the parallelized model `par` (no optimizer, no RNG)."""
+        from banyan.train.init_from import load_init_weights
+
+        load_init_weights(ck, par, cfg, env)
 
     @abc.abstractmethod
     def batch(self, step: int, micro: int) -> Batch:

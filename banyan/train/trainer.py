@@ -33,23 +33,24 @@ from banyan.train import faults
 from banyan.io import FolderLock, atomic_write_json
 from banyan.logger import MetricsLogger, trim_metrics
 from banyan.train.metrics import peak_flops_for, peak_memory_mb
-from banyan.train.init_from import apply_init_model, load_init_weights
+from banyan.train.init_from import apply_init_model
 from banyan.train.lora_run import base_pointer, init_adapters, maybe_apply_lora, run_base
 from banyan.train.schedule import lr_factor, set_lr
 from banyan.train.step import StepResult, autocast_for, train_step
 from banyan.train.task import Task
 
 
-def build_parallel(cfg: RunConfig, env: DistEnv, init: bool = True):
+def build_parallel(cfg: RunConfig, env: DistEnv, init: bool = True, build=None):
     """(Parallelized, optimizer) for `cfg`: meta-device build, parallelize (storage + init), optimizer.
 
     The set-up shared by the Trainer, `banyan bench train` and `banyan plan --validate`.
-    init=False leaves the weights uninitialised because a checkpoint is loaded next."""
+    init=False leaves the weights uninitialised because a checkpoint is loaded next. `build(cfg)`
+    (default: build_model(cfg.model) on the meta device) lets a stage wrap the model (Task.build_model)."""
     from banyan.model import build_model
     from banyan.parallel.wrap import parallelize
     from banyan.train.optim import build_optimizer
 
-    model = build_model(cfg.model, device="meta")
+    model = build(cfg) if build is not None else build_model(cfg.model, device="meta")
     maybe_apply_lora(model, cfg)  # before parallelize: FSDP shards the adapters with their blocks
     with agree_on_errors(env):
         par = parallelize(model, cfg, env, init=init)
@@ -135,10 +136,11 @@ class Trainer:
             base = run_base(cfg, self.init_from, resume_from)
         self.lora_meta = base_pointer(cfg, base)
         fresh = base is None and (resume_from is None or cfg.lora.rank > 0)
-        self.par, self.optimizer = build_parallel(cfg, env, init=fresh)  # no random init under weights to load
+        # no random init under weights to load
+        self.par, self.optimizer = build_parallel(cfg, env, init=fresh, build=self.task.build_model)
         if base is not None:
             with agree_on_errors(env):
-                load_init_weights(base, self.par, cfg, env)
+                self.task.load_init(base, self.par, cfg, env)
                 if cfg.lora.rank:
                     init_adapters(self.par)
         self.autocast = autocast_for(env.device, cfg.train.dtype)
