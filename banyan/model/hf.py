@@ -243,10 +243,9 @@ def check_tied_head(sd: dict[str, torch.Tensor], cfg: ModelConfig, where: str) -
                           "lm_head.weight")
 
 
-def read_hf_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
-    """(ModelConfig, banyan-named tensors) of a local HF Llama / GPT-2 folder, every refusal naming its field."""
-    folder = Path(folder)
-    config_path = folder / "config.json"
+def read_hf_config(folder: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a HF folder's config.json; errors name the file (and the field)."""
+    config_path = Path(folder) / "config.json"
     if not config_path.is_file():
         raise ConfigError(f"{folder}: not a HF checkpoint folder (no config.json)")
     try:
@@ -256,9 +255,15 @@ def read_hf_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, to
     if not isinstance(hf_config, dict):
         raise ConfigError(f"{config_path}: expected a JSON object, got {type(hf_config).__name__}")
     try:
-        cfg = config_from_hf(hf_config)
+        return config_from_hf(hf_config)
     except ConfigError as e:
         raise ConfigError(f"{config_path}: {e}") from None
+
+
+def read_hf_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(ModelConfig, banyan-named tensors) of a local HF Llama / GPT-2 folder, every refusal naming its field."""
+    folder = Path(folder)
+    cfg = read_hf_config(folder)
     sd = _read_weights(folder)
     check_tied_head(sd, cfg, str(folder))
     return cfg, state_dict_from_hf(sd, cfg)

@@ -257,11 +257,8 @@ def _load_dcp(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
         _apply_optim(raw, optimizer, fqn_of, state["optim"], full=False)
 
 
-def _load_full(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
-    """A single-process checkpoint into a distributed run: full tensors on every rank, each keeps its part."""
-    from safetensors.torch import load_file
-
-    weights = load_file(str(path / "model.safetensors"))
+def load_full_weights(raw: nn.Module, weights: dict[str, torch.Tensor], where: str) -> None:
+    """Full (unsharded) tensors by FQN into a plain, DDP or FSDP-sharded model: each rank keeps its part."""
     # safetensors stores tied tensors once; give every name of a shared parameter the stored value
     names: dict[int, list[str]] = {}
     for n, p in raw.named_parameters(remove_duplicate=False):
@@ -275,7 +272,14 @@ def _load_full(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
     try:
         sd.set_model_state_dict(raw, weights, options=sd.StateDictOptions(full_state_dict=True))
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not match the model: {error_summary(e)}") from None
+        raise CheckpointError(f"{where} does not match the model: {error_summary(e)}") from None
+
+
+def _load_full(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
+    """A single-process checkpoint into a distributed run: full tensors on every rank, each keeps its part."""
+    from safetensors.torch import load_file
+
+    load_full_weights(raw, load_file(str(path / "model.safetensors")), f"checkpoint {path}")
     if optimizer is None:
         return
     osd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
