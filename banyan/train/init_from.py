@@ -96,18 +96,19 @@ def load_init_weights(ck: Path, par, cfg: RunConfig, env) -> None:
     from banyan.train import dist_checkpoint as dist_ckpt
 
     if is_hf_folder(ck):
-        dist_ckpt.load_full_weights(par.raw, hf_weights(ck, cfg.model.vocab_size), f"--init {HF_PREFIX}{ck}")
+        weights = dict(hf_model(ck).state_dict())  # the rows cfg.model.vocab_size counted in apply_init_model
+        dist_ckpt.load_full_weights(par.raw, weights, f"--init {HF_PREFIX}{ck}")
         return
     dist_ckpt.load(ck, par, None, cfg, env, restore_rng=False)
 
 
-def hf_weights(folder: Path, vocab_size: int) -> dict:
-    """The HF folder's weights, banyan-named, fp32, with embedding/head grown to `vocab_size` rows."""
+def hf_model(folder: Path):
+    """The HF folder as a banyan model (CPU, fp32, eval), embedding/head grown to hf_vocab_size rows."""
     from banyan.model.hf import from_hf
     from banyan.model.resize import resize_token_embeddings
 
-    model = resize_token_embeddings(from_hf(folder), vocab_size)
-    return dict(model.state_dict())
+    model = from_hf(folder)
+    return resize_token_embeddings(model, hf_vocab_size(folder, model.config.vocab_size)).eval()
 
 
 def check_init_tokenizer(spec: str, tok, where: str) -> None:

@@ -11,6 +11,7 @@ from banyan.errors import BanyanError
 from banyan.config import RunConfig, parse_cli, read_saved_config
 from banyan.parallel.env import resolve_device
 from banyan.train import checkpoint as ckpt
+from banyan.train.init_from import HF_PREFIX, hf_folder, hf_model
 
 
 @dataclass
@@ -18,7 +19,7 @@ class SampleConfig:
     """Generate text from a trained checkpoint."""
 
     ckpt: str = "runs/shakespeare"
-    """A checkpoint folder, or a run folder (its latest checkpoint is used)."""
+    """A checkpoint folder, a run folder (its latest checkpoint is used), or hf:DIR (a local HF Llama/GPT-2 folder)."""
     prompt: str = "ROMEO:"
     """Text to continue."""
     max_new_tokens: int = 200
@@ -42,6 +43,10 @@ def load_for_inference(path: str | Path, device: torch.device):
     from banyan.data.tokenizer import load_tokenizer
     from banyan.model import build_model
 
+    if str(path).startswith(HF_PREFIX):
+        folder = hf_folder(str(path))
+        model = hf_model(folder)
+        return model.to(device), load_tokenizer(folder / "tokenizer.json"), RunConfig(model=model.config)
     path = ckpt.resolve_checkpoint(path)
     cfg = read_saved_config(RunConfig, path / "config.toml")
     model = build_model(cfg.model.finalize())

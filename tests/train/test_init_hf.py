@@ -185,3 +185,16 @@ def test_data_from_another_tokenizer_is_refused(tmp_path, tiny_data):
     cfg.init = f"hf:{tmp_path / 'hf'}"
     with pytest.raises(ConfigError, match="tokenized with another tokenizer than --init hf:"):
         Trainer(cfg, PretrainTask(cfg)).setup()
+
+
+def test_sample_from_an_hf_folder_is_transformers_greedy_text(tmp_path, capsys):
+    hf = hf_llama_folder(tmp_path / "hf")
+    from banyan.data.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(tmp_path / "hf" / "tokenizer.json")
+    ids = torch.tensor([tok.encode("First Citizen:")])
+    want = hf.generate(ids, max_new_tokens=12, do_sample=False, eos_token_id=None, pad_token_id=0)
+    r = _cli(capsys, "sample", "--ckpt", f"hf:{tmp_path / 'hf'}", "--prompt", "First Citizen:",
+             "--max_new_tokens", "12", "--temperature", "0", "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.rstrip("\n") == tok.decode(want[0].tolist())
