@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "export hf": ("banyan.export.hf:main", "Export a run or checkpoint as a Hugging Face transformers folder."),
     "export gguf": ("banyan.export.gguf:main", "Export a Llama run or checkpoint as a GGUF file for llama.cpp."),
     "eval": ("banyan.eval.run:main", "Score a run, checkpoint or HF folder: bpb, HellaSwag/ARC/PIQA, exact match."),
+    "push": ("banyan.export.push:main", "Export a run and upload it to the Hugging Face Hub (W&B too with --log.wandb)."),
     "checkpoint consolidate": ("banyan.train.consolidate:main", "Merge a sharded checkpoint into one safetensors file."),
     "rl train": ("banyan.rl.train:main", "Train PPO or DQN on a Gymnasium environment through TorchRL."),
     "rl compare": ("banyan.rl.compare:main", "Run an env x policy x seed grid and tabulate the results."),

@@ -63,7 +63,7 @@ class MetricsLogger:
 
             self.tb = SummaryWriter(log_dir=str(self.out / "tb"))
         if getattr(log_cfg, "wandb", False):
-            self.wandb = _init_wandb(self.out, log_cfg, run_config, resume)
+            self.wandb = init_wandb(self.out, log_cfg, run_config, resume)
 
     def log(self, record: dict[str, Any]) -> dict[str, Any] | None:
         """Write one row (`record` must hold an integer `step`; `kind` defaults to "train").
@@ -132,7 +132,8 @@ def _scalar(name: str, v: Any) -> Any:
                     f"got {type(v).__name__}")
 
 
-def _init_wandb(out: Path, log_cfg: Any, run_config: Any, resume: bool):
+def init_wandb(out: Path, log_cfg: Any, run_config: Any, resume: bool):
+    """A W&B run writing under `out` (offline without WANDB_API_KEY); shared by the logger and `banyan push`."""
     import wandb
 
     # Offline unless the user has a key (never read beyond this check); WANDB_MODE wins if set.

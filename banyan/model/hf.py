@@ -26,6 +26,8 @@ from banyan.errors import ConfigError
 
 # GPT-2 projections that HF stores as Conv1D ([in, out]); transposed on the way in and out.
 _GPT2_CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+# The one HF head class per model_type that banyan's models compute
+_ARCHITECTURES = {"llama": "LlamaForCausalLM", "gpt2": "GPT2LMHeadModel"}
 # Buffers some HF versions keep in GPT-2 / Llama state dicts; not parameters, so dropped.
 _HF_BUFFERS = (".attn.bias", ".attn.masked_bias", "rotary_emb.inv_freq")
 
@@ -49,6 +51,13 @@ def config_from_hf(hf_config: Any) -> ModelConfig:
     """
     get = _getter(hf_config)
     model_type = get("model_type")
+    if get("quantization_config"):
+        raise ConfigError("HF config field 'quantization_config' is set: quantized weights are not supported; "
+                          "use a full-precision (fp32/bf16/fp16) checkpoint")
+    archs = [a for a in (get("architectures") or []) if a != _ARCHITECTURES.get(model_type)]
+    if model_type in _ARCHITECTURES and archs:
+        raise ConfigError(f"HF config field 'architectures' = {archs!r} is not supported; "
+                          f"expected [{_ARCHITECTURES[model_type]!r}] (a causal LM head)")
     if model_type == "llama":
         cfg = _llama_config_from_hf(get)
     elif model_type == "gpt2":
@@ -62,6 +71,9 @@ def _llama_config_from_hf(get) -> ModelConfig:
     _require("hidden_act", get("hidden_act", "silu"), "silu", "banyan's Llama MLP is SwiGLU")
     _require("attention_bias", bool(get("attention_bias", False)), False, "banyan's Llama has no biases")
     _require("mlp_bias", bool(get("mlp_bias", False)), False, "banyan's Llama has no biases")
+    # Mistral-style configs saved as llama: a window would change which keys each query sees
+    _require("sliding_window", get("sliding_window"), None, "banyan's attention is full causal")
+    _require("use_sliding_window", bool(get("use_sliding_window", False)), False, "banyan's attention is full causal")
     d_model, n_head = get("hidden_size"), get("num_attention_heads")
     head_dim = get("head_dim")
     if head_dim is not None and head_dim * n_head != d_model:
@@ -217,6 +229,46 @@ def _read_weights(folder: Path) -> dict[str, torch.Tensor]:
                       "pytorch_model.bin or pytorch_model.bin.index.json)")
 
 
+def check_tied_head(sd: dict[str, torch.Tensor], cfg: ModelConfig, where: str) -> None:
+    """Refuse HF tensors whose head disagrees with `tie_word_embeddings` (banyan would silently
+    drop a distinct head of a "tied" model, or leave an untied head without weights)."""
+    head = sd.get("lm_head.weight")
+    embed_keys = ("transformer.wte.weight", "wte.weight") if cfg.arch == "gpt2" else ("model.embed_tokens.weight",)
+    embed = next((sd[k] for k in embed_keys if k in sd), None)
+    if cfg.tie_embeddings and head is not None and embed is not None and not torch.equal(head, embed):
+        raise ConfigError(f"{where}: HF config field 'tie_word_embeddings' = True but the weights hold an "
+                          "lm_head.weight that differs from the token embedding")
+    if not cfg.tie_embeddings and head is None:
+        raise ConfigError(f"{where}: HF config field 'tie_word_embeddings' = False but the weights have no "
+                          "lm_head.weight")
+
+
+def read_hf_config(folder: str | os.PathLike) -> ModelConfig:
+    """The ModelConfig of a HF folder's config.json; errors name the file (and the field)."""
+    config_path = Path(folder) / "config.json"
+    if not config_path.is_file():
+        raise ConfigError(f"{folder}: not a HF checkpoint folder (no config.json)")
+    try:
+        hf_config = json.loads(config_path.read_text())
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{config_path}: invalid JSON: {e}") from None
+    if not isinstance(hf_config, dict):
+        raise ConfigError(f"{config_path}: expected a JSON object, got {type(hf_config).__name__}")
+    try:
+        return config_from_hf(hf_config)
+    except ConfigError as e:
+        raise ConfigError(f"{config_path}: {e}") from None
+
+
+def read_hf_folder(folder: str | os.PathLike) -> tuple[ModelConfig, dict[str, torch.Tensor]]:
+    """(ModelConfig, banyan-named tensors) of a local HF Llama / GPT-2 folder, every refusal naming its field."""
+    folder = Path(folder)
+    cfg = read_hf_config(folder)
+    sd = _read_weights(folder)
+    check_tied_head(sd, cfg, str(folder))
+    return cfg, state_dict_from_hf(sd, cfg)
+
+
 def from_hf(path_or_model: str | os.PathLike | nn.Module, dtype: torch.dtype = torch.float32) -> nn.Module:
     """A banyan model from a transformers LlamaForCausalLM / GPT2LMHeadModel or a local checkpoint folder.
 
@@ -227,20 +279,14 @@ def from_hf(path_or_model: str | os.PathLike | nn.Module, dtype: torch.dtype = t
     from banyan.model import build_model
 
     if isinstance(path_or_model, (str, os.PathLike)):
-        folder = Path(path_or_model)
-        config_path = folder / "config.json"
-        if not config_path.is_file():
-            raise ConfigError(f"{folder}: not a HF checkpoint folder (no config.json)")
-        try:
-            hf_config = json.loads(config_path.read_text())
-        except json.JSONDecodeError as e:
-            raise ConfigError(f"{config_path}: invalid JSON: {e}") from None
-        sd, where = _read_weights(folder), str(folder)
+        cfg, sd = read_hf_folder(path_or_model)
+        where = str(path_or_model)
     else:
-        hf_config, sd, where = path_or_model.config, path_or_model.state_dict(), type(path_or_model).__name__
-    cfg = config_from_hf(hf_config)
+        where = type(path_or_model).__name__
+        cfg = config_from_hf(path_or_model.config)
+        sd = state_dict_from_hf(path_or_model.state_dict(), cfg)
     model = build_model(cfg)
-    load_hf_state_dict(model, state_dict_from_hf(sd, cfg), where)
+    load_hf_state_dict(model, sd, where)
     return model.to(dtype).eval()
 
 

@@ -257,7 +257,8 @@ def model_state(raw: nn.Module, path: Path | None) -> dict[str, Any]:
 
 
 def _trainer_meta(path: Path) -> dict[str, Any]:
-    return json.loads((path / "trainer.json").read_text())
+    meta = path / "trainer.json"  # an HF folder (--init hf:DIR) has none: plain base weights
+    return json.loads(meta.read_text()) if meta.is_file() else {}
 
 
 def _load_dcp(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
@@ -277,11 +278,11 @@ def _load_dcp(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
         _apply_optim(raw, optimizer, fqn_of, state["optim"], full=False)
 
 
-def _load_full(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
-    """A single-process checkpoint into a distributed run: full tensors on every rank, each keeps its part."""
-    from safetensors.torch import load_file
+def load_full_weights(raw: nn.Module, weights: dict[str, torch.Tensor], where: str,
+                      path: Path | None = None) -> None:
+    """Full (unsharded) tensors by FQN into a plain, DDP or FSDP-sharded model: each rank keeps its part.
 
-    weights = load_file(str(path / (ckpt.ADAPTERS if (path / ckpt.ADAPTERS).is_file() else "model.safetensors")))
+    `path` (the checkpoint they came from) tells a LoRA model whether they are its adapters or its base."""
     # safetensors stores tied tensors once; give every name of a shared parameter the stored value
     names: dict[int, list[str]] = {}
     for n, p in raw.named_parameters(remove_duplicate=False):
@@ -295,14 +296,22 @@ def _load_full(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
         want = set(model_state(raw, path))
         missing = sorted(want - set(weights))
         if missing:
-            raise CheckpointError(f"checkpoint {path} does not match the model: missing {missing[:5]}")
+            raise CheckpointError(f"{where} does not match the model: missing {missing[:5]}")
         weights = {k: v for k, v in weights.items() if k in want}
     _, sd = _dcp()
     try:
         sd.set_model_state_dict(raw, weights, options=sd.StateDictOptions(full_state_dict=True,
                                                                           strict=not has_lora(raw)))
     except RuntimeError as e:
-        raise CheckpointError(f"checkpoint {path} does not match the model: {error_summary(e)}") from None
+        raise CheckpointError(f"{where} does not match the model: {error_summary(e)}") from None
+
+
+def _load_full(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
+    """A single-process checkpoint into a distributed run: full tensors on every rank, each keeps its part."""
+    from safetensors.torch import load_file
+
+    weights = load_file(str(path / (ckpt.ADAPTERS if (path / ckpt.ADAPTERS).is_file() else "model.safetensors")))
+    load_full_weights(raw, weights, f"checkpoint {path}", path)
     if optimizer is None:
         return
     osd = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)

@@ -27,12 +27,14 @@ def open_data(cfg: RunConfig, env: DistEnv):
     """Train/val loaders + tokenizer; fills model.vocab_size from the data when it is 0."""
     from banyan.data.loader import TokenLoader
     from banyan.data.tokenizer import load_tokenizer
+    from banyan.train.init_from import check_init_tokenizer
 
     path = Path(cfg.data.path)
     if not (path / "meta.json").is_file():
         raise BanyanError(f"data folder '{path}' is missing or not prepared (no meta.json); "
                           f"run: banyan data prepare --out {path}")
     tok = load_tokenizer(path)
+    check_init_tokenizer(cfg.init, tok, f"data folder '{path}'")
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = tok.vocab_size
     elif cfg.model.vocab_size < tok.vocab_size:

@@ -10,6 +10,7 @@ import torch
 from banyan.errors import BanyanError, ConfigError
 from banyan.config import parse_cli
 from banyan.parallel.env import resolve_device
+from banyan.train.init_from import HF_PREFIX, hf_folder, hf_model
 
 
 @dataclass
@@ -44,7 +45,7 @@ class SampleConfig(GenerationFlags):
     """Generate text from a trained checkpoint."""
 
     ckpt: str = "runs/shakespeare"
-    """A checkpoint folder, or a run folder (its latest checkpoint is used)."""
+    """A checkpoint folder, a run folder (its latest checkpoint is used), or hf:DIR (a local HF Llama/GPT-2 folder)."""
     prompt: str = "ROMEO:"
     """Text to continue."""
     num_samples: int = 1
@@ -56,6 +57,12 @@ def load_for_inference(path: str | Path, device: torch.device):
     from banyan.data.tokenizer import load_tokenizer
     from banyan.export.source import load_source
 
+    if str(path).startswith(HF_PREFIX):
+        from banyan.config import RunConfig
+
+        folder = hf_folder(str(path))
+        model = hf_model(folder)
+        return model.to(device), load_tokenizer(folder / "tokenizer.json"), RunConfig(model=model.config)
     src = load_source(path)
     tok_file = src.ckpt / "tokenizer.json"
     if not tok_file.is_file():

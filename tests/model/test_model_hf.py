@@ -165,6 +165,12 @@ def test_old_style_rope_fields_are_read():
     ({"head_dim": 32}, "head_dim"),
     ({"rope_parameters": {"rope_type": "yarn", "rope_theta": 1e4, "factor": 2.0}}, "rope_type"),
     ({"model_type": "mistral"}, "model_type"),
+    ({"sliding_window": 4096}, "'sliding_window' = 4096"),
+    ({"use_sliding_window": True}, "use_sliding_window"),
+    ({"rope_parameters": {"rope_type": "linear", "rope_theta": 1e4, "factor": 2.0}}, "rope_parameters.rope_type"),
+    ({"rope_parameters": None, "rope_scaling": {"type": "dynamic", "factor": 2.0}}, "rope_scaling.rope_type"),
+    ({"architectures": ["LlamaForSequenceClassification"]}, "'architectures'"),
+    ({"quantization_config": {"quant_method": "gptq", "bits": 4}}, "quantization_config"),
 ])
 def test_unsupported_llama_configs_name_the_field(change, field):
     base = hf_llama().config.to_dict()
@@ -192,5 +198,23 @@ def test_bad_checkpoint_folders(tmp_path):
     from safetensors.torch import save_file
 
     save_file({"model.embed_tokens.weight": torch.zeros(97, 64)}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError, match="'tie_word_embeddings' = False but the weights have no lm_head"):
+        from_hf(tmp_path)
+    save_file({"model.embed_tokens.weight": torch.zeros(97, 64), "lm_head.weight": torch.zeros(97, 64)},
+              str(tmp_path / "model.safetensors"))
     with pytest.raises(ConfigError, match="missing"):
+        from_hf(tmp_path)
+    (tmp_path / "config.json").write_text("[1, 2]")
+    with pytest.raises(ConfigError, match="expected a JSON object"):
+        from_hf(tmp_path)
+
+
+def test_a_tied_config_with_a_distinct_head_is_refused(tmp_path):
+    hf = hf_llama(tie=False)
+    hf.config.tie_word_embeddings = True  # config says tied, the weights hold two different matrices
+    (tmp_path / "config.json").write_text(json.dumps(hf.config.to_dict()))
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in hf.state_dict().items()}, str(tmp_path / "model.safetensors"))
+    with pytest.raises(ConfigError, match="'tie_word_embeddings' = True but the weights hold an lm_head"):
         from_hf(tmp_path)
