@@ -118,10 +118,25 @@ class Trainer:
         self.state = {"tokens": 0, "bad_in_row": 0, "elapsed_s": 0.0}
         self.step = 0
         self.last_eval: dict[str, float] = {}
-        self.nan_at = faults.nan_from_step()  # BANYAN_FAULT=nan@N: the loss becomes nan from step N on
+        self.nan_at = faults.nan_from_step()
+        self.lock: FolderLock | None = None  # the run folder's lock, taken in setup  # BANYAN_FAULT=nan@N: the loss becomes nan from step N on
 
     # ------------------------------------------------------------------ setup
     def setup(self) -> None:
+        """Everything before the first step; a failure releases the run folder's lock."""
+        try:
+            self._setup()
+        except BaseException:
+            self.release()
+            raise
+
+    def release(self) -> None:
+        """Let other processes use the run folder (run() does this at the end)."""
+        if getattr(self, "lock", None) is not None:
+            self.lock.release()
+            self.lock = None
+
+    def _setup(self) -> None:
         cfg = self.cfg
         self.env = env = DistEnv.from_env(cfg.train.device)
         with agree_on_errors(env):  # a bad flag on any rank: one message from rank 0, every rank exits
@@ -301,7 +316,6 @@ class Trainer:
 
     def run(self) -> dict:
         """Set up, train to train.max_steps (or a signal), tear down; returns the summary."""
-        self.lock = None
         try:
             self.setup()
             self.bar = progress_bar(self.cfg, self.step, self.env, self.stage)
@@ -314,8 +328,7 @@ class Trainer:
                 self.logger.close()
             return self.teardown()
         finally:
-            if self.lock is not None:
-                self.lock.release()
+            self.release()
 
     def teardown(self) -> dict:
         ev = self.last_eval
