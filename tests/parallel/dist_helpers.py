@@ -20,6 +20,7 @@ STEPS = 10
 TRAIN = {"max_steps": STEPS, "seq_len": 32, "eval_every": 5, "eval_batches": 2, "log_every": 1,
          "sample_every": 0, "device": "cpu"}
 ACCUM_TOKENS = 2 * 4 * 32  # two micro-steps of 4 sequences x 32 tokens per optimizer step
+LORA = {"rank": 4, "alpha": 8.0}  # seeded base: no --init, so the reference is the same seed on one process
 MODEL = {"arch": "llama", "n_layer": 2, "n_head": 2, "n_kv_head": 1, "d_model": 32, "max_seq_len": 64}
 
 
@@ -151,6 +152,8 @@ def worker(rank: int, world: int, port: int, data: str, root: str, single_run: s
     for strategy in ("ddp", "zero2"):
         results[f"{strategy}_accum"] = _outcome(lambda: train(tiny_run(
             data, root_p / f"{strategy}_accum", 2, strategy, train={"global_batch_tokens": ACCUM_TOKENS})))
+    # LoRA under zero3: adapters sharded with their blocks, adapter-only DCP checkpoints
+    results["zero3_lora"] = _outcome(lambda: train(tiny_run(data, root_p / "zero3_lora", 2, "zero3", lora=LORA)))
     results["zero3_bf16"] = _outcome(lambda: train(tiny_run(data, root_p / "zero3_bf16", 2, "zero3",
                                                             parallel={"mixed_precision": True})))
     # resume the zero3 run's step-5 checkpoint on 2 ranks as ddp, and the ddp one as zero2

@@ -158,3 +158,33 @@ def test_sigterm_on_one_rank_stops_all_at_the_same_step(spawned, reference):
     assert ckpt.latest_checkpoint(run).name == "step_000004"
     assert json.loads((run / "summary.json").read_text())["step"] == 4
     assert_close_traj(losses(run), losses(reference), range(1, 5))
+
+
+def test_lora_zero3_matches_one_process_resumes_on_one_and_exports(spawned, dist_data, tmp_path):
+    """LoRA on 2 zero3 ranks == one process; its DCP checkpoint holds the adapters (+ optimizer) only,
+    resumes on one process and exports (merged) to the one-process run's weights."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    from banyan.export.source import load_source
+    from banyan.train.pretrain import train
+    from dist_helpers import LORA
+
+    root, results = spawned
+    ok(results, "zero3_lora")
+    ref = tmp_path / "lora_ref"
+    train(tiny_run(dist_data, ref, 4, "single", lora=LORA))
+    assert_close_traj(losses(root / "zero3_lora"), losses(ref), range(1, STEPS + 1))
+    ck = root / "zero3_lora" / "checkpoints" / "step_000010"
+    keys = FileSystemReader(str(ck / "dcp")).read_metadata().state_dict_metadata
+    model_keys = [k for k in keys if k.startswith("model.")]
+    assert model_keys and all(k.endswith(("lora_A", "lora_B")) for k in model_keys)
+    assert json.loads((ck / "trainer.json").read_text())["lora_seed"] == 1337
+    mine, theirs = load_source(ck), load_source(ref)
+    x = torch.randint(0, mine.cfg.model.vocab_size, (2, 12), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        diff = (mine.model(x) - theirs.model(x)).abs().max().item()
+    assert diff <= 1e-5
+    out = tmp_path / "lora_on_one"
+    rewind(root / "zero3_lora", out, 5)
+    train(tiny_run(dist_data, out, 4, "single", resume=True, lora=LORA))
+    assert_close_traj(losses(out), losses(ref), range(1, STEPS + 1))
