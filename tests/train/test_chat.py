@@ -3,6 +3,7 @@ survives dropped turns, edits and Ctrl-C; --prompt mode; the REPL through a pseu
 
 import os
 import pty
+import re
 import select
 import shutil
 import sys
@@ -54,8 +55,8 @@ def plain_model(tok, max_seq_len=256):
 
 def session(model, tok, template=DEFAULT_CHAT_TEMPLATE, system="", max_new_tokens=12):
     notes = []
-    return ChatSession(model, tok, template, system, GenerationFlags(max_new_tokens=max_new_tokens, temperature=0.0), None,
-                       notes.append), notes
+    flags = GenerationFlags(max_new_tokens=max_new_tokens, temperature=0.0)
+    return ChatSession(model, tok, template, system, flags, None, notes.append), notes
 
 
 def assert_cache_holds(s, model):
@@ -69,8 +70,10 @@ def assert_cache_holds(s, model):
 
 
 def greedy_reply(model, tok, ids, n):
-    out = model.generate(torch.tensor([ids]), n, temperature=0, eos_id=tok.special_id("<|end|>"))[0, len(ids):]
-    return tok.decode([t for t in out.tolist() if t != tok.special_id("<|end|>")])
+    """model.generate's greedy text after `ids`, up to the first <|end|> or <|eos|>."""
+    out = model.generate(torch.tensor([ids]), n, temperature=0)[0, len(ids):].tolist()
+    stops = [i for i, t in enumerate(out) if t in (tok.special_id("<|end|>"), tok.eos_id)]
+    return tok.decode(out[:stops[0]] if stops else out)
 
 
 def test_each_turn_runs_only_the_new_suffix(tok):
@@ -294,13 +297,15 @@ def test_repl_through_a_pty(run):
     chat.send("\x03")  # Ctrl-C at the prompt: a fresh prompt, not an exit
     chat.expect("^C")
     chat.expect("user> ")
+    replies = []
     for line, answer in [("Good morrow.", "assistant> "), ("/system You are JULIET.", "[system prompt set"),
                          ("What news?", "assistant> "), ("/reset", "[new conversation]"),
                          ("Good morrow.", "assistant> ")]:
         chat.send(line + "\n")
         chat.expect(answer)
-        reply = chat.expect("user> ")
-        if answer == "assistant> ":
-            assert reply.strip(), "an empty reply"
+        replies.append(re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", chat.expect("user> ")[:-6]).replace("\r\n", "\n"))
     chat.send("/quit\n")
     assert chat.exit_code() == 0
+    model, tok = open_session(ChatConfig(ckpt=str(run)), print).model, load_tokenizer(run / "checkpoints/step_000004")
+    ids = encode_prompt(tok, DEFAULT_CHAT_TEMPLATE, [Turn("system", "You are ROMEO."), Turn("user", "Good morrow.")])
+    assert replies[0] == greedy_reply(model, tok, ids, 6) + "\n"  # streamed piece by piece, the same text
