@@ -215,7 +215,8 @@ class DPOTask(PairTask):
         t = self.cfg.train
         ref = build_reference(self.cfg, self.env, self.ck)
         splits = {"train": self.train_data, **({"val": self.val_data} if self.val_data else {})}
-        key = hashlib.sha256((data_fingerprint(self.template, splits, t.seq_len, t.dtype)
+        dtype = f"{self.env.device.type}:{t.dtype}"  # bf16 on CUDA scores differently from fp32 on CPU
+        key = hashlib.sha256((data_fingerprint(self.template, splits, t.seq_len, dtype)
                               + weights_fingerprint(ref)).encode()).hexdigest()
         cache = RefCache(Path(self.section.cache_dir or Path(self.cfg.out) / "ref_cache"), key)
         self.cache_reused = (found := cache.load()) is not None
