@@ -33,8 +33,8 @@ from banyan.train.trainer import Trainer
 
 
 @dataclass
-class DPOSection:
-    """Preference optimisation."""
+class PairDataSection:
+    """Preference pairs and their held-out split (shared by the dpo and reward sections)."""
 
     data: str = ""
     """Preference pairs: .jsonl/.json/.parquet file or folder, or hf:NAME (see banyan.data.prefs)."""
@@ -46,6 +46,12 @@ class DPOSection:
     """Split of an hf: source (val_data reads the same split of its own source)."""
     max_pairs: int = 0
     """Read at most this many pairs from `data` (0: all)."""
+
+
+@dataclass
+class DPOSection(PairDataSection):
+    """Preference optimisation."""
+
     loss: Literal["sigmoid", "ipo", "simpo"] = "sigmoid"
     """sigmoid: DPO (Rafailov et al. 2023); ipo: Azar et al. 2023; simpo: reference-free (Meng et al. 2024)."""
     beta: float = 0.1
@@ -215,7 +221,8 @@ class DPOTask(PairTask):
         t = self.cfg.train
         ref = build_reference(self.cfg, self.env, self.ck)
         splits = {"train": self.train_data, **({"val": self.val_data} if self.val_data else {})}
-        key = hashlib.sha256((data_fingerprint(self.template, splits, t.seq_len, t.dtype)
+        dtype = f"{self.env.device.type}:{t.dtype}"  # bf16 on CUDA scores differently from fp32 on CPU
+        key = hashlib.sha256((data_fingerprint(self.template, splits, t.seq_len, dtype)
                               + weights_fingerprint(ref)).encode()).hexdigest()
         cache = RefCache(Path(self.section.cache_dir or Path(self.cfg.out) / "ref_cache"), key)
         self.cache_reused = (found := cache.load()) is not None

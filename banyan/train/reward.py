@@ -22,25 +22,14 @@ import torch.nn.functional as F
 
 from banyan.config import RunConfig
 from banyan.errors import CheckpointError
-from banyan.train.dpo import PairTask, pair_metrics, stage_main
+from banyan.train.dpo import PairDataSection, PairTask, pair_metrics, stage_main
 from banyan.train.task import IGNORE, Batch
 from banyan.train.trainer import Trainer
 
 
 @dataclass
-class RewardSection:
-    """Reward-model data."""
-
-    data: str = ""
-    """Preference pairs: .jsonl/.json/.parquet file or folder, or hf:NAME (see banyan.data.prefs)."""
-    val_data: str = ""
-    """Held-out pairs; empty holds out val_fraction of `data`."""
-    val_fraction: float = 0.1
-    """Fraction of `data` held out for evaluation when val_data is empty (0: no held-out pairs)."""
-    hf_split: str = "train"
-    """Split of an hf: source."""
-    max_pairs: int = 0
-    """Read at most this many pairs from `data` (0: all)."""
+class RewardSection(PairDataSection):
+    """Reward-model data (the fields of PairDataSection)."""
 
 
 @dataclass

@@ -117,3 +117,27 @@ def test_bad_input(sft, prefs, tmp_path):
     r = subprocess.run([sys.executable, "-m", "banyan", "dpo", "--dpo.data", str(prefs), "--out",
                         str(tmp_path / "o4")], capture_output=True, text=True, env=env, timeout=120)
     assert r.returncode == 2 and "--init" in r.stderr
+
+
+def test_cache_key_changes_with_data_template_and_weights(sft, prefs):
+    import torch
+
+    from banyan.data.prefs import load_pairs
+    from banyan.train.dpo import chat_source
+    from banyan.train.pairs import PairData
+    from banyan.train.reference import data_fingerprint, weights_fingerprint
+
+    _, tok, template = chat_source(stage_run(DPOConfig, "dpo", sft, prefs, "unused"))
+    pairs = load_pairs(str(prefs))
+    a = PairData(pairs, tok, template, 48, tok.pad_id)
+    b = PairData(pairs[:-1], tok, template, 48, tok.pad_id)
+    key = data_fingerprint(template, {"train": a}, 48, "cpu:fp32")
+    assert key == data_fingerprint(template, {"train": PairData(pairs, tok, template, 48, tok.pad_id)}, 48, "cpu:fp32")
+    assert key != data_fingerprint(template, {"train": b}, 48, "cpu:fp32")
+    assert key != data_fingerprint(template + " ", {"train": a}, 48, "cpu:fp32")
+    assert key != data_fingerprint(template, {"train": a}, 48, "cuda:bf16")
+    m = torch.nn.Linear(3, 2)
+    before = weights_fingerprint(m)
+    with torch.no_grad():
+        m.weight[0, 0] += 1e-6
+    assert weights_fingerprint(m) != before
