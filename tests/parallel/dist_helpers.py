@@ -189,6 +189,7 @@ def worker(rank: int, world: int, port: int, data: str, root: str, single_run: s
 
     results["token_weighted"] = _outcome(lambda: trainer_checks.token_weighted(rank, world))
     results["meta_zero3"] = _outcome(lambda: trainer_checks.meta_zero3(rank, world))
+    results["hf_zero3"] = _outcome(lambda: trainer_checks.hf_zero3(rank, world, root))
     (root_p / f"results_rank{rank}.json").write_text(json.dumps(results, indent=1))
     dist.barrier()
     dist.destroy_process_group()

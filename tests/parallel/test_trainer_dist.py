@@ -12,3 +12,8 @@ def test_uneven_masks_give_one_process_gradients(spawned):
 def test_zero3_meta_build_allocates_only_shards(spawned):
     _, results = spawned
     ok(results, "meta_zero3")
+
+
+def test_zero3_init_from_an_hf_folder_loads_exact_shards(spawned):
+    _, results = spawned
+    ok(results, "hf_zero3")

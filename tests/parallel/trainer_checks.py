@@ -3,6 +3,7 @@
 token_weighted  masked micro-batches whose trained-token counts differ per micro-step and per rank give
                 the gradients of one process on the concatenated batch (<= 1e-6 relative), for ddp, zero2
                 and zero3 with 2 accumulation micro-steps; the usual mean-of-means would not
+hf_zero3        --init hf:DIR under zero3 loads the HF weights (vocabulary grown) into the shards exactly
 meta_zero3      a zero3 set-up built on the meta device never allocates a full parameter on a rank (every
                 tensor created during set-up is counted), keeps only shards, and its weights are
                 bit-identical to a one-process build_model with the same seed
@@ -130,3 +131,46 @@ def meta_zero3(rank: int, world: int) -> None:
     ref = build_model(cfg.model)
     for (name, p), want in zip(par.raw.named_parameters(), ref.parameters()):
         assert torch.equal(p.full_tensor(), want), f"{name}: sharded init differs from one-process init"
+
+
+def hf_zero3(rank: int, world: int, root: str) -> None:
+    """--init hf:DIR under zero3: a HF Llama folder (GQA, untied, foreign tokenizer -> 7 grown rows) loads
+    through the full-state-dict path into FSDP shards; every full tensor equals the one-process hf_model."""
+    import json
+    from pathlib import Path
+
+    from safetensors.torch import save_file
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+
+    from banyan.data.tokenizer import byte_level_alphabet
+    from banyan.model import build_model, config_from_hf
+    from banyan.parallel.env import DistEnv
+    from banyan.train.init_from import apply_init_model, hf_model, load_init_weights
+    from banyan.train.trainer import build_parallel
+
+    # a HF Llama folder written without importing transformers (slow in spawned ranks): Llama's HF
+    # tensor names are banyan's, config.json carries the fields config_from_hf reads
+    folder = Path(root) / f"hf_rank{rank}"  # one folder per rank: no cross-rank file races
+    folder.mkdir(exist_ok=True)
+    hf_cfg = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 32,
+              "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+              "max_position_embeddings": 64, "rms_norm_eps": 1e-5, "tie_word_embeddings": False, "rope_theta": 1e4}
+    (folder / "config.json").write_text(json.dumps(hf_cfg))
+    g = torch.Generator().manual_seed(0)
+    shapes = build_model(config_from_hf(hf_cfg), device="meta").state_dict()
+    save_file({k: torch.randn(v.shape, generator=g) for k, v in shapes.items()}, str(folder / "model.safetensors"))
+    tok = Tokenizer(models.BPE(vocab={c: i for i, c in enumerate(byte_level_alphabet().values())}, merges=[]))
+    tok.pre_tokenizer, tok.decoder = pre_tokenizers.ByteLevel(add_prefix_space=False), decoders.ByteLevel()
+    tok.save(str(folder / "tokenizer.json"))
+    cfg = _cfg("zero3")
+    cfg.init = f"hf:{folder}"
+    ck = apply_init_model(cfg)
+    cfg.finalize()
+    env = DistEnv.from_env("cpu")
+    par, _ = build_parallel(cfg, env, init=False)
+    load_init_weights(ck, par, cfg, env)
+    want = hf_model(folder).state_dict()
+    assert par.raw.config.vocab_size == 263
+    for name, p in par.raw.named_parameters():
+        assert hasattr(p, "full_tensor") and p.to_local().shape[0] < p.shape[0], f"{name} is not sharded"
+        assert torch.equal(p.full_tensor(), want[name]), f"{name}: sharded HF init differs"
