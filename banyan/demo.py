@@ -6,6 +6,7 @@ plays and print a two-turn chat. `--quick` is the CI-sized version."""
 from __future__ import annotations
 
 import argparse
+import copy
 import shutil
 import time
 from pathlib import Path
@@ -18,6 +19,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--quick", action="store_true", help="a ~1 minute version (CI)")
     ap.add_argument("--data", default="data/shakespeare", help="prepared data folder (made if missing)")
     ap.add_argument("--out", default="", help="run folder (default runs/demo or runs/demo-quick; replaced)")
+    ap.add_argument("--train_minutes", type=float, default=5.0,
+                    help="time for pretraining + SFT together; steps are fitted to this machine's measured speed")
     args = ap.parse_args(argv)
     t0 = time.time()
 
@@ -40,6 +43,9 @@ def main(argv: list[str] | None = None) -> int:
         overrides["checkpoint"] = {"every": 20}
         overrides["optim"] = {"warmup_steps": 5}
     cfg: RunConfig = load_config(RunConfig, preset="shakespeare", overrides=overrides)
+    sft_steps = 15
+    if not args.quick:
+        cfg.train.max_steps, sft_steps = fit_steps(cfg, args.train_minutes * 60)
     print(f"[2/4] pretraining {cfg.model.arch} ({cfg.model.n_layer} layers, width {cfg.model.d_model}) "
           f"for {cfg.train.max_steps} steps on CPU ...")
     from banyan.train.pretrain import train
@@ -57,23 +63,42 @@ def main(argv: list[str] | None = None) -> int:
     print("-" * 60)
     print(f"val loss {summary['val_loss']:.4f} nats/token, val bpb {summary['val_bpb']:.4f} bits/byte; "
           f"plots: {out / 'plots'}")
-    sft_demo(out, Path(f"{out}-sft"), args.quick)
+    sft_demo(out, Path(f"{out}-sft"), args.quick, sft_steps)
     print(f"total {time.time() - t0:.0f}s")
     return 0
 
 
-def sft_demo(src: Path, out: Path, quick: bool) -> None:
+def fit_steps(cfg: RunConfig, seconds: float) -> tuple[int, int]:
+    """(pretraining steps, SFT steps) that fit `seconds` on this machine: 2/3 pretraining, 1/3 SFT.
+
+    Measured with `banyan bench train`'s own step (2 timed steps after 1 warm-up) because CPUs differ
+    by 2-3x (bf16 units or not, core speed); at most the preset's 600 pretraining and 200 SFT steps."""
+    import dataclasses
+
+    from banyan.train.bench import BenchTrainConfig, bench
+
+    probe = BenchTrainConfig(**{f.name: copy.deepcopy(getattr(cfg, f.name)) for f in dataclasses.fields(RunConfig)},
+                             warmup=1, steps=2)
+    probe.model.vocab_size = 4096  # the demo's BPE vocabulary
+    step_s = bench(probe)["ms_per_step"] / 1000
+    pre = max(100, min(cfg.train.max_steps, int(seconds * 2 / 3 / step_s) // 50 * 50))
+    sft = max(50, min(200, int(seconds / 3 / (1.2 * step_s)) // 10 * 10))  # SFT windows are 256, not 128
+    print(f"      this machine: {step_s:.2f} s per training step -> {pre} pretraining and {sft} SFT steps "
+          f"fit --train_minutes {seconds / 60:g}")
+    return pre, sft
+
+
+def sft_demo(src: Path, out: Path, quick: bool, steps: int) -> None:
     """[4/4] SFT on shakespeare-dialogue from the pretrained run; compare on held-out plays; chat twice."""
     from banyan.train.sft import SFTConfig, SFTTask, train
 
     if out.exists():
         shutil.rmtree(out)
-    steps = 15 if quick else 200
     cfg: SFTConfig = load_config(SFTConfig, overrides={
         "init": str(src), "out": str(out),
         "sft": {"data": "shakespeare-dialogue", "end_prompts": 0, "max_conversations": 1000 if quick else 0,
                 "max_val_conversations": 200 if quick else 1000},
-        "train": {"max_steps": steps, "seq_len": 256, "micro_batch": 8, "dtype": "bf16", "eval_every": 0,
+        "train": {"max_steps": steps, "seq_len": 256, "micro_batch": 8, "dtype": "auto", "eval_every": 0,
                   "eval_batches": 4 if quick else 16, "log_every": 5, "device": "cpu"},
         "optim": {"name": "muon", "lr": 2e-3, "muon_lr": 0.01, "warmup_steps": 5},
         "checkpoint": {"every": 0}})
