@@ -29,10 +29,10 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     wanted = PrepareConfig(out=str(data))
     if _prepared_spec(data) != wanted.tokenizer:
-        print(f"[1/4] preparing the embedded Shakespeare corpus ({wanted.tokenizer}) into {data} ...")
+        print(f"[1/5] preparing the embedded Shakespeare corpus ({wanted.tokenizer}) into {data} ...")
         prepare(wanted)
     else:
-        print(f"[1/4] using prepared data in {data}")
+        print(f"[1/5] using prepared data in {data}")
 
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
     if out.exists():
@@ -46,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     sft_steps = 15
     if not args.quick:
         cfg.train.max_steps, sft_steps = fit_steps(cfg, args.train_minutes * 60)
-    print(f"[2/4] pretraining {cfg.model.arch} ({cfg.model.n_layer} layers, width {cfg.model.d_model}) "
+    print(f"[2/5] pretraining {cfg.model.arch} ({cfg.model.n_layer} layers, width {cfg.model.d_model}) "
           f"for {cfg.train.max_steps} steps on CPU ...")
     from banyan.train.pretrain import train
 
     summary = train(cfg)
 
-    print("[3/4] sampling from the final checkpoint:")
+    print("[3/5] sampling from the final checkpoint:")
     from banyan.parallel.env import resolve_device
     from banyan.train.sample import generate_text, load_for_inference
 
@@ -64,8 +64,33 @@ def main(argv: list[str] | None = None) -> int:
     print(f"val loss {summary['val_loss']:.4f} nats/token, val bpb {summary['val_bpb']:.4f} bits/byte; "
           f"plots: {out / 'plots'}")
     sft_demo(out, Path(f"{out}-sft"), args.quick, sft_steps)
+    publish_demo(Path(f"{out}-sft"), data, args.quick)
     print(f"total {time.time() - t0:.0f}s")
     return 0
+
+
+def publish_demo(run: Path, data: Path, quick: bool) -> None:
+    """[5/5] export the chat model as a transformers folder, reload it with transformers, score both the same way."""
+    from banyan.config import LogConfig
+    from banyan.eval.run import EvalConfig, evaluate, print_table
+    from banyan.export.hf import ExportHFConfig, export_hf
+
+    hf_dir = Path(f"{run}-hf")
+    print(f"[5/5] exporting {run} as a Hugging Face folder {hf_dir} and reloading it with transformers ...")
+    export_hf(ExportHFConfig(src=str(run), out=str(hf_dir), overwrite=True))
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tok, model = AutoTokenizer.from_pretrained(hf_dir), AutoModelForCausalLM.from_pretrained(hf_dir)
+    text = tok.apply_chat_template([{"role": "user", "content": "What light through yonder window breaks?"}],
+                                   add_generation_prompt=True, tokenize=False)  # the template exported with it
+    ids = tok(text, return_tensors="pt", add_special_tokens=False)["input_ids"]
+    out = model.generate(ids, max_new_tokens=40, do_sample=False)  # stops at <|end|> (generation_config.json)
+    print(f"transformers, greedy: {tok.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()}")
+    log = LogConfig(tensorboard=False, plots=False, progress=False)
+    for name, model_path in (("banyan run", run), ("transformers folder", hf_dir)):
+        results = evaluate(EvalConfig(model=str(model_path), tasks=f"bpb:{data}", limit=4 if quick else 16,
+                                      device="cpu", log=log))
+        print_table(results, f"banyan eval: {name} ({model_path})")
 
 
 def fit_steps(cfg: RunConfig, seconds: float) -> tuple[int, int]:
@@ -89,7 +114,7 @@ def fit_steps(cfg: RunConfig, seconds: float) -> tuple[int, int]:
 
 
 def sft_demo(src: Path, out: Path, quick: bool, steps: int) -> None:
-    """[4/4] SFT on shakespeare-dialogue from the pretrained run; compare on held-out plays; chat twice."""
+    """[4/5] SFT on shakespeare-dialogue from the pretrained run; compare on held-out plays; chat twice."""
     from banyan.train.sft import SFTConfig, SFTTask, train
 
     if out.exists():
@@ -102,7 +127,7 @@ def sft_demo(src: Path, out: Path, quick: bool, steps: int) -> None:
                   "eval_batches": 4 if quick else 16, "log_every": 5, "device": "cpu"},
         "optim": {"name": "muon", "lr": 2e-3, "muon_lr": 0.01, "warmup_steps": 5},
         "checkpoint": {"every": 0}})
-    print(f"[4/4] chat-tuning (SFT) on shakespeare-dialogue for {steps} steps ...")
+    print(f"[4/5] chat-tuning (SFT) on shakespeare-dialogue for {steps} steps ...")
     t0 = time.time()
     task = SFTTask(cfg)
     train(cfg, task)
