@@ -289,10 +289,36 @@ def _train_tokenizer(cfg: PrepareConfig) -> Tokenizer:
     return tok
 
 
-def prepare(cfg: PrepareConfig) -> dict:
-    """Run the whole pipeline into `cfg.out`; returns the meta dict (also written as meta.json)."""
+def _write_splits(cfg: PrepareConfig, tok, folder: Path) -> tuple[dict, SourceStats, float, int]:
+    """Tokenize every document into train/val shards in `folder`: (split meta, source stats, seconds, workers)."""
     from tqdm import tqdm
 
+    workers = cfg.workers or os.cpu_count() or 1
+    splits = {s: _Split(s, folder, tok.vocab_size, cfg.shard_tokens) for s in ("train", "val")}
+    stats, index = SourceStats(), 0
+    t1 = time.perf_counter()
+    bar = tqdm(desc="tokenizing", unit="B", unit_scale=True, disable=not cfg.progress, file=sys.stderr)
+    for docs, (tokens, lengths, nbytes) in _encoded_chunks(tok, _chunks(_documents(cfg, stats)), workers):
+        is_val = val_mask(cfg.seed, index, len(docs), cfg.val_fraction)
+        index += len(docs)
+        for doc_tokens, v, b in zip(np.split(tokens, np.cumsum(lengths)[:-1]), is_val, nbytes):
+            splits["val" if v else "train"].add(doc_tokens, int(b))
+        bar.update(int(nbytes.sum()))
+    bar.close()
+    t_enc = time.perf_counter() - t1
+    if index == 0:
+        raise _empty_error(cfg, stats)
+    if index < 2:
+        raise DataError(f"source {describe(cfg.source)!r} has 1 document; need at least 2 "
+                        "(train and val are split by document)")
+    for a, b in (("train", "val"), ("val", "train")):
+        if splits[b].docs == 0:
+            splits[a].give_held(splits[b])
+    return {name: s.close() for name, s in splits.items()}, stats, t_enc, workers
+
+
+def prepare(cfg: PrepareConfig) -> dict:
+    """Run the whole pipeline into `cfg.out`; returns the meta dict (also written as meta.json)."""
     from banyan.config import git_commit
 
     out = _check(cfg)
@@ -307,28 +333,7 @@ def prepare(cfg: PrepareConfig) -> dict:
     try:
         tok.save(tmp)
         write_tokenizer_config(tmp, tok)
-        workers = cfg.workers or os.cpu_count() or 1
-        splits = {s: _Split(s, tmp, vocab, cfg.shard_tokens) for s in ("train", "val")}
-        stats, index = SourceStats(), 0
-        t1 = time.perf_counter()
-        bar = tqdm(desc="tokenizing", unit="B", unit_scale=True, disable=not cfg.progress, file=sys.stderr)
-        for docs, (tokens, lengths, nbytes) in _encoded_chunks(tok, _chunks(_documents(cfg, stats)), workers):
-            is_val = val_mask(cfg.seed, index, len(docs), cfg.val_fraction)
-            index += len(docs)
-            for doc_tokens, v, b in zip(np.split(tokens, np.cumsum(lengths)[:-1]), is_val, nbytes):
-                splits["val" if v else "train"].add(doc_tokens, int(b))
-            bar.update(int(nbytes.sum()))
-        bar.close()
-        t_enc = time.perf_counter() - t1
-        if index == 0:
-            raise _empty_error(cfg, stats)
-        if index < 2:
-            raise DataError(f"source {describe(cfg.source)!r} has 1 document; need at least 2 "
-                            "(train and val are split by document)")
-        for a, b in (("train", "val"), ("val", "train")):
-            if splits[b].docs == 0:
-                splits[a].give_held(splits[b])
-        split_meta = {name: s.close() for name, s in splits.items()}
+        split_meta, stats, t_enc, workers = _write_splits(cfg, tok, tmp)
         text_bytes = sum(m["bytes"] for m in split_meta.values())
         elapsed = time.perf_counter() - t0
         meta = {

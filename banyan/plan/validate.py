@@ -45,13 +45,43 @@ class SavedTensorMeter:
         return sum(self.seen.values())
 
 
+def _measure(model, opt, cfg: RunConfig, steps: int, micro_batch: int, seq: int, chunk: int,
+             dev: torch.device) -> tuple[dict[str, float], list[float], float]:
+    """Train `steps` steps on random tokens: (measured bytes by quantity, step seconds, final loss)."""
+    from banyan.losses import lm_loss
+    from banyan.train.optim import optimizer_state_bytes, tensor_bytes
+
+    cuda = dev.type == "cuda"
+    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
+    gen = torch.Generator().manual_seed(cfg.train.seed)
+    params = list(model.parameters())
+    meter = SavedTensorMeter(params)
+    measured: dict[str, float] = {}
+    times = []
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+    for i in range(steps):
+        x = torch.randint(0, cfg.model.vocab_size, (micro_batch, seq + 1), generator=gen).to(dev)
+        t0 = time.perf_counter()
+        with (meter() if i == 0 else contextlib.nullcontext()), autocast:
+            loss = lm_loss(model.hidden_states(x[:, :-1]), model.output_weight(), x[:, 1:], chunk=chunk)
+        loss.backward()
+        if i == 0:
+            measured["grads"] = tensor_bytes(p.grad for p in params if p.grad is not None)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        if cuda:
+            torch.cuda.synchronize(dev)
+        times.append(time.perf_counter() - t0)
+    measured.update(params=tensor_bytes(params), optim=optimizer_state_bytes(opt), activations=meter.bytes)
+    return measured, times, loss.item()
+
+
 def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int, ac: str, chunk: int,
              device: str = "auto", mfu: float = 0.4) -> dict:
     """Train `steps` steps on random tokens; returns {"rows": [(quantity, predicted, measured, unit)], ...}."""
     from banyan.hardware import cpu, match_device_name
-    from banyan.losses import lm_loss
     from banyan.parallel.env import DistEnv
-    from banyan.train.optim import optimizer_state_bytes, tensor_bytes
     from banyan.train.trainer import build_parallel
 
     if steps < 1 or micro_batch < 1:
@@ -67,28 +97,7 @@ def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int,
     model = par.raw
     cuda = dev.type == "cuda"
     e = 2 if cuda else 4
-    autocast = torch.autocast("cuda", dtype=torch.bfloat16) if cuda else contextlib.nullcontext()
-    gen = torch.Generator().manual_seed(cfg.train.seed)
-    params = list(model.parameters())
-    meter = SavedTensorMeter(params)
-    measured: dict[str, float] = {}
-    times = []
-    if cuda:
-        torch.cuda.reset_peak_memory_stats(dev)
-    for i in range(steps):
-        x = torch.randint(0, mc.vocab_size, (micro_batch, seq + 1), generator=gen).to(dev)
-        t0 = time.perf_counter()
-        with (meter() if i == 0 else contextlib.nullcontext()), autocast:
-            loss = lm_loss(model.hidden_states(x[:, :-1]), model.output_weight(), x[:, 1:], chunk=chunk)
-        loss.backward()
-        if i == 0:
-            measured["grads"] = tensor_bytes(p.grad for p in params if p.grad is not None)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize(dev)
-        times.append(time.perf_counter() - t0)
-    measured.update(params=tensor_bytes(params), optim=optimizer_state_bytes(opt), activations=meter.bytes)
+    measured, times, loss = _measure(model, opt, cfg, steps, micro_batch, seq, chunk, dev)
 
     specs = M.param_specs(mc)
     static = M.static_bytes(specs, optim)
@@ -111,4 +120,4 @@ def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int,
         rows.append(("peak allocated (CUDA)", pred_peak, torch.cuda.max_memory_allocated(dev), "B"))
     return {"device": str(dev), "accelerator": acc.name, "peak_tflops": acc.tflops, "mfu": mfu, "optim": optim,
             "ac": ac, "chunked_loss": chunk, "micro_batch": micro_batch, "seq": seq, "steps": steps,
-            "final_loss": loss.item(), "rows": rows}
+            "final_loss": loss, "rows": rows}

@@ -136,6 +136,85 @@ def run_gym_checker(info: EnvInfo) -> tuple[list[str], list[str]]:
     return errors, msgs
 
 
+def _return_warnings(policies: dict[str, "Rollouts"], threshold: float | None) -> list[str]:
+    """Returns vs the threshold and vs the random policy: nothing blind should solve the task."""
+    warn = []
+    rnd = policies["random"]
+    if threshold is not None:
+        if rnd.mean >= threshold:
+            warn.append(f"A random policy already reaches the reward threshold ({rnd.mean:.3g} >= {threshold:g}): "
+                        "the task is trivial or the threshold too low.")
+        for name, r in policies.items():
+            if name != "random" and r.mean >= threshold:
+                warn.append(f"Loophole: '{name}' scores {r.mean:.3g} >= the threshold {threshold:g} without looking at "
+                            "the observation; the reward can be collected without solving the task.")
+    spread = max(float(np.std(rnd.returns)), 1e-8)
+    for name, r in policies.items():
+        if name != "random" and r.mean > rnd.mean + max(3 * spread, 0.5 * abs(rnd.mean) + 1e-6) and \
+                not (threshold is not None and r.mean >= threshold):
+            warn.append(f"'{name}' beats the random policy by far ({r.mean:.3g} vs {rnd.mean:.3g}): check that "
+                        "repeating one action is not an exploit.")
+    all_returns = np.concatenate([r.returns for r in policies.values()])
+    if np.ptp(all_returns) == 0 and len(all_returns) > 1:
+        warn.append(f"Every policy tried got exactly the same return ({all_returns[0]:.3g}): the reward gives no signal "
+                    "(sparse reward that blind policies never reach?).")
+    return warn
+
+
+def _episode_warnings(everything: list["Rollouts"], ends: list[str], max_steps: int) -> list[str]:
+    """Episode lengths and how episodes end (missing time limits, limits reported as termination)."""
+    warn = []
+    lengths = np.concatenate([r.lengths for r in everything])
+    if "capped" in ends:
+        warn.append(f"{ends.count('capped')} episode(s) never ended within {max_steps} steps: add a time limit "
+                    "(max_episode_steps / TimeLimit) that sets truncated=True.")
+    if np.median(lengths) <= 2:
+        warn.append(f"Half the episodes end within {int(np.median(lengths))} step(s): check the termination condition.")
+    term_lengths = [n for r in everything for n, e in zip(r.lengths, r.ends) if e == "terminated"]
+    if term_lengths and "truncated" not in ends:
+        length, count = Counter(term_lengths).most_common(1)[0]
+        if length > 2 and length == lengths.max() and count >= max(5, 0.3 * len(ends)):
+            warn.append(f"{count} of {len(ends)} episodes end with terminated=True at exactly step {length} and none "
+                        "is ever truncated: that looks like a time limit reported as termination; a time limit must "
+                        "set truncated=True so that learners bootstrap from the last state.")
+    return warn
+
+
+def _reward_warnings(everything: list["Rollouts"], ends: list[str]) -> tuple[list[str], np.ndarray]:
+    """Non-finite, huge or constant rewards; also returns the finite rewards for the report."""
+    warn = []
+    rewards = np.concatenate([r.rewards for r in everything])
+    finite = rewards[np.isfinite(rewards)]
+    if len(finite) < len(rewards):
+        warn.append(f"{len(rewards) - len(finite)} reward(s) are NaN or infinite.")
+    if len(finite) and np.abs(finite).max() > 100:
+        warn.append(f"Rewards reach {np.abs(finite).max():.3g} per step: scale them to roughly [-10, 10] "
+                    "(large rewards destabilise value learning).")
+    if len(finite) and np.ptp(finite) == 0 and "terminated" not in ends:
+        warn.append(f"The reward is {finite[0]:.3g} at every step and no episode ever terminates: "
+                    "nothing the agent does changes its return.")
+    return warn, finite
+
+
+def _observation_warnings(everything: list["Rollouts"], obs_space) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """Non-finite, out-of-space or unnormalised observations; also returns the per-dim min and max seen."""
+    warn = []
+    bad = sum(r.bad_obs for r in everything)
+    if bad:
+        warn.append(f"{bad} observation(s) contain NaN or infinite values.")
+    outside = sum(r.out_of_space for r in everything)
+    if outside:
+        warn.append(f"{outside} observation(s) fall outside the declared observation_space {obs_space}.")
+    lows = [r.obs_min for r in everything if r.obs_min is not None]
+    highs = [r.obs_max for r in everything if r.obs_max is not None]
+    obs_lo = np.min(lows, axis=0) if lows else np.array([])
+    obs_hi = np.max(highs, axis=0) if highs else np.array([])
+    big = [i for i in range(len(obs_hi)) if max(abs(obs_lo[i]), abs(obs_hi[i])) > 1e3]
+    if big:
+        warn.append(f"Observation dims {big} reach magnitudes above 1000: normalise them (e.g. TorchRL ObservationNorm).")
+    return warn, obs_lo, obs_hi
+
+
 def probe(info: EnvInfo, cfg: CheckEnvConfig) -> dict:
     """Run every probe; returns a report dict with `warnings` (plain sentences) and the statistics."""
     warn: list[str] = []
@@ -154,71 +233,14 @@ def probe(info: EnvInfo, cfg: CheckEnvConfig) -> dict:
     policies: dict[str, Rollouts] = {"random": play(info, lambda o, s: s.sample(), cfg.episodes, cfg.seed, max_steps)}
     for name, action in _constant_actions(act_space):
         policies[name] = play(info, lambda o, s, a=action: a, cfg.const_episodes, cfg.seed, max_steps)
-    rnd = policies["random"]
     everything = list(policies.values())
-
-    # --- returns vs the threshold: nothing blind should solve the task
-    if threshold is not None:
-        if rnd.mean >= threshold:
-            warn.append(f"A random policy already reaches the reward threshold ({rnd.mean:.3g} >= {threshold:g}): "
-                        "the task is trivial or the threshold too low.")
-        for name, r in policies.items():
-            if name != "random" and r.mean >= threshold:
-                warn.append(f"Loophole: '{name}' scores {r.mean:.3g} >= the threshold {threshold:g} without looking at "
-                            "the observation; the reward can be collected without solving the task.")
-    spread = max(float(np.std(rnd.returns)), 1e-8)
-    for name, r in policies.items():
-        if name != "random" and r.mean > rnd.mean + max(3 * spread, 0.5 * abs(rnd.mean) + 1e-6) and \
-                not (threshold is not None and r.mean >= threshold):
-            warn.append(f"'{name}' beats the random policy by far ({r.mean:.3g} vs {rnd.mean:.3g}): check that "
-                        "repeating one action is not an exploit.")
-    all_returns = np.concatenate([r.returns for r in everything])
-    if np.ptp(all_returns) == 0 and len(all_returns) > 1:
-        warn.append(f"Every policy tried got exactly the same return ({all_returns[0]:.3g}): the reward gives no signal "
-                    "(sparse reward that blind policies never reach?).")
-
-    # --- episode lengths and how episodes end
-    lengths = np.concatenate([r.lengths for r in everything])
     ends = [e for r in everything for e in r.ends]
-    if "capped" in ends:
-        warn.append(f"{ends.count('capped')} episode(s) never ended within {max_steps} steps: add a time limit "
-                    "(max_episode_steps / TimeLimit) that sets truncated=True.")
-    if np.median(lengths) <= 2:
-        warn.append(f"Half the episodes end within {int(np.median(lengths))} step(s): check the termination condition.")
-    term_lengths = [n for r in everything for n, e in zip(r.lengths, r.ends) if e == "terminated"]
-    if term_lengths and "truncated" not in ends:
-        length, count = Counter(term_lengths).most_common(1)[0]
-        if length > 2 and length == lengths.max() and count >= max(5, 0.3 * len(ends)):
-            warn.append(f"{count} of {len(ends)} episodes end with terminated=True at exactly step {length} and none "
-                        "is ever truncated: that looks like a time limit reported as termination; a time limit must "
-                        "set truncated=True so that learners bootstrap from the last state.")
-
-    # --- rewards
-    rewards = np.concatenate([r.rewards for r in everything])
-    finite = rewards[np.isfinite(rewards)]
-    if len(finite) < len(rewards):
-        warn.append(f"{len(rewards) - len(finite)} reward(s) are NaN or infinite.")
-    if len(finite) and np.abs(finite).max() > 100:
-        warn.append(f"Rewards reach {np.abs(finite).max():.3g} per step: scale them to roughly [-10, 10] "
-                    "(large rewards destabilise value learning).")
-    if len(finite) and np.ptp(finite) == 0 and "terminated" not in ends:
-        warn.append(f"The reward is {finite[0]:.3g} at every step and no episode ever terminates: "
-                    "nothing the agent does changes its return.")
-
-    # --- observations
-    bad = sum(r.bad_obs for r in everything)
-    if bad:
-        warn.append(f"{bad} observation(s) contain NaN or infinite values.")
-    outside = sum(r.out_of_space for r in everything)
-    if outside:
-        warn.append(f"{outside} observation(s) fall outside the declared observation_space {obs_space}.")
-    lows = [r.obs_min for r in everything if r.obs_min is not None]
-    highs = [r.obs_max for r in everything if r.obs_max is not None]
-    obs_lo = np.min(lows, axis=0) if lows else np.array([])
-    obs_hi = np.max(highs, axis=0) if highs else np.array([])
-    big = [i for i in range(len(obs_hi)) if max(abs(obs_lo[i]), abs(obs_hi[i])) > 1e3]
-    if big:
-        warn.append(f"Observation dims {big} reach magnitudes above 1000: normalise them (e.g. TorchRL ObservationNorm).")
+    warn += _return_warnings(policies, threshold)
+    warn += _episode_warnings(everything, ends, max_steps)
+    reward_warn, finite = _reward_warnings(everything, ends)
+    warn += reward_warn
+    obs_warn, obs_lo, obs_hi = _observation_warnings(everything, obs_space)
+    warn += obs_warn
 
     return {
         "env": info.name, "threshold": threshold, "max_episode_steps": info.max_episode_steps,

@@ -17,6 +17,7 @@ The stage runs on the shared Trainer (banyan/train/trainer.py):
 
 from __future__ import annotations
 
+import abc
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -182,8 +183,9 @@ class PairTask(Task):
     def loss(self, model: nn.Module, batch: Batch):
         return self.pair_loss(model, batch, split="train")
 
+    @abc.abstractmethod
     def pair_loss(self, model: nn.Module, batch: Batch, split: str):
-        raise NotImplementedError
+        """(loss sum over the batch's pairs, pair count, {metric: sum over pairs}); `split` picks cached values."""
 
 
 class DPOTask(PairTask):
