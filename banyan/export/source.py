@@ -23,7 +23,7 @@ import torch.nn as nn
 
 from banyan.config import RunConfig, read_saved_config
 from banyan.errors import CheckpointError, ConfigError
-from banyan.train.checkpoint import CKPT_DIR, TOKENIZER_CONFIG, load_checkpoint, resolve_checkpoint
+from banyan.train.checkpoint import CKPT_DIR, TOKENIZER_CONFIG, load_checkpoint, read_trainer_state, resolve_checkpoint
 
 
 @dataclass
@@ -108,10 +108,7 @@ def load_source(path: str | os.PathLike) -> Source:
         model = load_sharded_model(ckpt)
     else:
         raise CheckpointError(f"checkpoint {ckpt} has neither model.safetensors nor dcp/.metadata")
-    try:
-        trainer = json.loads((ckpt / "trainer.json").read_text())
-    except json.JSONDecodeError as e:
-        raise CheckpointError(f"{ckpt / 'trainer.json'}: invalid JSON: {e}") from None
+    trainer = read_trainer_state(ckpt)
     run_dir = ckpt.parent.parent if ckpt.parent.name == CKPT_DIR else None
     return Source(ckpt=ckpt, run_dir=run_dir, cfg=cfg, model=model.eval(), trainer=trainer)
 

@@ -194,7 +194,21 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
         optimizer.load_state_dict(torch.load(opt_file, map_location="cpu", weights_only=True))
     if restore_rng:
         set_rng_state(torch.load(path / "rng.pt", weights_only=True))
-    return json.loads((path / "trainer.json").read_text())
+    return read_trainer_state(path)
+
+
+def read_trainer_state(path: str | Path) -> dict[str, Any]:
+    """A checkpoint's trainer.json (step, tokens, data position, task and LoRA state); one clear error if torn."""
+    f = Path(path) / "trainer.json"
+    try:
+        state = json.loads(f.read_text())
+    except FileNotFoundError:
+        raise CheckpointError(f"'{path}' is not a complete checkpoint (no trainer.json)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{f}: invalid JSON: {e}") from None
+    if not isinstance(state, dict):
+        raise CheckpointError(f"{f}: expected a JSON object, got {type(state).__name__}")
+    return state
 
 
 def check_same_lora(saved: RunConfig, cfg: RunConfig, where: Path) -> None:

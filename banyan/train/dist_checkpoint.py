@@ -242,7 +242,7 @@ def load(path: str | Path, par, optimizer, cfg: RunConfig | None, env: DistEnv,
         rng_file = path / "rng.pt"
     if restore_rng and rng_file.is_file():
         ckpt.set_rng_state(torch.load(rng_file, weights_only=True))
-    return json.loads((path / "trainer.json").read_text())
+    return ckpt.read_trainer_state(path)
 
 
 def model_state(raw: nn.Module, path: Path | None) -> dict[str, Any]:
@@ -258,7 +258,7 @@ def model_state(raw: nn.Module, path: Path | None) -> dict[str, Any]:
 
 def _trainer_meta(path: Path) -> dict[str, Any]:
     meta = path / "trainer.json"  # an HF folder (--init hf:DIR) has none: plain base weights
-    return json.loads(meta.read_text()) if meta.is_file() else {}
+    return ckpt.read_trainer_state(path) if meta.is_file() else {}
 
 
 def _load_dcp(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:

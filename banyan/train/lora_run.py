@@ -32,9 +32,9 @@ def run_base(cfg: RunConfig, init_from: Path | None, resume_from: Path | None) -
         return init_from
     if not cfg.lora.rank:
         return None
-    import json
+    from banyan.train.checkpoint import read_trainer_state
 
-    meta = json.loads((resume_from / "trainer.json").read_text())
+    meta = read_trainer_state(resume_from)
     if meta.get("lora_seed") not in (None, cfg.train.seed):
         raise CheckpointError(f"checkpoint {resume_from}: its LoRA base is the random init of train.seed "
                               f"{meta['lora_seed']}, this run has train.seed {cfg.train.seed}")
@@ -71,8 +71,6 @@ def merged_lora_model(ck: Path, cfg: RunConfig):
     """A LoRA checkpoint as one plain CPU model: its base rebuilt (the `lora_base` checkpoint, itself
     merged if it is a LoRA run, or the seeded init the run started from), its adapters loaded, then
     merged into the weights (banyan.model.lora.merge_lora): plain HF parameter names."""
-    import json
-
     import torch
 
     from banyan.model import build_model
@@ -80,7 +78,7 @@ def merged_lora_model(ck: Path, cfg: RunConfig):
     from banyan.train import checkpoint as ckpt
     from banyan.train import dist_checkpoint as dist_ckpt
 
-    meta = json.loads((ck / "trainer.json").read_text())
+    meta = ckpt.read_trainer_state(ck)
     base = meta.get("lora_base")
     if base:
         if not Path(base).is_dir():
