@@ -157,28 +157,18 @@ class PairTask(Task):
     @torch.no_grad()
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """The loss and metrics over the held-out pairs, prefixed val_ (collective across ranks)."""
+        from banyan.eval.lm import held_out_sums
         from banyan.train.pairs import val_index_batches
-        from banyan.train.step import all_reduce_sum, autocast_for
+        from banyan.train.step import autocast_for
 
         if self.val_data is None:
             return {}
         t, dev = self.cfg.train, self.env.device
-        was_training = model.training
-        model.eval()
-        sums: dict[str, torch.Tensor] = {}
-        n = torch.zeros((), dtype=torch.float64, device=dev)
-        for idx in val_index_batches(len(self.val_data), t.micro_batch, t.eval_batches, self.env.rank,
-                                     self.env.world_size):
-            batch = {k: v.to(dev) for k, v in self.val_data.collate(idx).items()}
-            with autocast_for(dev, t.dtype):
-                loss_sum, count, metrics = self.pair_loss(model, batch, split="val")
-            for k, v in {"loss": loss_sum, **metrics}.items():
-                sums[k] = sums.get(k, 0) + v.detach().double()
-            n += count.double().to(dev)
-        model.train(was_training)
-        names = sorted(sums)
-        total = all_reduce_sum(torch.stack([n, *[sums[k] for k in names]]))
-        return {f"val_{k}": float(v) / max(float(total[0]), 1.0) for k, v in zip(names, total[1:].tolist())}
+        batches = (self.val_data.collate(idx) for idx in val_index_batches(
+            len(self.val_data), t.micro_batch, t.eval_batches, self.env.rank, self.env.world_size))
+        n, sums = held_out_sums(model, batches, lambda m, b: self.pair_loss(m, b, split="val"), dev,
+                                autocast_for(dev, t.dtype))
+        return {f"val_{k}": v / max(n, 1.0) for k, v in sums.items()}
 
     def loss(self, model: nn.Module, batch: Batch):
         return self.pair_loss(model, batch, split="train")
