@@ -75,6 +75,7 @@ def main(argv: list[str] | None = None) -> int:
     for seed in range(1, cfg.seeds + 1):
         rc = RLConfig(algo="ppo", env=cfg.env, policy=cfg.policy, steps=cfg.steps, seed=seed, envs=cfg.envs,
                       out=str(Path(cfg.out) / f"seed{seed}"), eval_every=cfg.eval_every, verbose=False,
+                      overwrite=True,  # the benchmark owns its per-seed folders and re-runs them
                       net=dataclasses.replace(cfg.net), ppo=dataclasses.replace(cfg.ppo))
         rc.log.tensorboard = False
         validate(rc)

@@ -84,17 +84,28 @@ def _constant_actions(space: gym.Space) -> list[tuple[str, object]]:
     return []
 
 
+def _env_call(info: EnvInfo, what: str, fn, *args, **kwargs):
+    """Call the env; an exception it raises is the env's fault and becomes one line naming where."""
+    try:
+        return fn(*args, **kwargs)
+    except BanyanError:
+        raise
+    except Exception as e:  # noqa: BLE001 - the user's env code, whatever it raises
+        raise BanyanError(f"{info.name}: env {what} raised {type(e).__name__}: {e}") from None
+
+
 def play(info: EnvInfo, policy, episodes: int, seed: int, max_steps: int) -> Rollouts:
     """Run `episodes` episodes; policy(obs, action_space) -> action."""
     r = Rollouts()
-    env = info.factory()
+    env = _env_call(info, "construction", info.factory)
     try:
         env.action_space.seed(seed)
         for ep in range(episodes):
-            obs, _ = env.reset(seed=seed + ep)
+            obs, _ = _env_call(info, f"reset (episode {ep})", env.reset, seed=seed + ep)
             total, end = 0.0, "capped"
             for t in range(1, max_steps + 1):
-                obs, reward, terminated, truncated, _ = env.step(policy(obs, env.action_space))
+                obs, reward, terminated, truncated, _ = _env_call(info, f"step {t} of episode {ep}", env.step,
+                                                                  policy(obs, env.action_space))
                 total += float(reward)
                 r.rewards.append(float(reward))
                 o = np.asarray(obs, dtype=np.float64).ravel()

@@ -97,6 +97,7 @@ def grid(cfg: CompareConfig) -> list[dict]:
                 rc = RLConfig(algo=cfg.algo, env=env, policy=policy, steps=cfg.steps, seed=seed, envs=cfg.envs_per_run,
                               out=str(Path(cfg.out) / slug(env) / policy / f"seed{seed}"), eval_every=cfg.eval_every,
                               eval_episodes=cfg.eval_episodes, verbose=False, net=dataclasses.replace(cfg.net),
+                              overwrite=True,  # the grid owns its cell folders and re-runs them
                               ppo=dataclasses.replace(cfg.ppo), dqn=dataclasses.replace(cfg.dqn))
                 rc.log.plots = False
                 if seed == 1:  # the env/algo/policy check does not depend on the seed

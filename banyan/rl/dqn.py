@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from banyan.logger import MetricsLogger
+from banyan.rl.guards import check_loss, check_weights
 from banyan.rl.loop import Run
 from banyan.rl.policies import count_params, make_qnet
 
@@ -100,6 +101,7 @@ def train(cfg, env, eval_env, obs_dim: int, threshold: float | None, logger: Met
         if step >= d.learning_starts:
             for _ in range(d.updates_per_batch):
                 loss = loss_fn(buffer.sample())["loss"]
+                check_loss(loss, cfg.env, step, "DQN loss")
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 if d.max_grad_norm > 0:
@@ -107,6 +109,7 @@ def train(cfg, env, eval_env, obs_dim: int, threshold: float | None, logger: Met
                 optim.step()
                 target_updater.step()
                 losses.append(float(loss.detach()))
+        check_weights(run.modules, cfg.env, step)
         finished = batch["next", "episode_reward"][batch["next", "done"]]
         stop = run.after_batch(step, finished, loss=sum(losses) / len(losses) if losses else float("nan"),
                                epsilon=float(explore.eps), buffer=len(buffer))

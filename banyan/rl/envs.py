@@ -84,6 +84,18 @@ class EnvInfo:
     max_episode_steps: int | None
 
 
+def _run_env_module(load: Callable, ref: str):
+    """Run the import of a user's env module; its syntax or import-time errors become one line."""
+    try:
+        return load()
+    except SyntaxError as e:
+        raise BanyanError(f"environment '{ref}': syntax error in {e.filename}, line {e.lineno}: {e.msg}") from None
+    except ModuleNotFoundError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any error the user's module raises while it is imported
+        raise BanyanError(f"environment '{ref}': importing its module raised {type(e).__name__}: {e}") from None
+
+
 def _load_class(ref: str) -> type:
     """`pkg.module:Class` or `path/to/file.py:Class` -> the class object."""
     mod_name, _, cls_name = ref.rpartition(":")
@@ -94,10 +106,10 @@ def _load_class(ref: str) -> type:
         spec = importlib.util.spec_from_file_location(path.stem, path)
         module = importlib.util.module_from_spec(spec)
         sys.modules[path.stem] = module  # dataclasses/pickling look the module up by name
-        spec.loader.exec_module(module)
+        _run_env_module(lambda: spec.loader.exec_module(module), ref)
     else:
         try:
-            module = importlib.import_module(mod_name)
+            module = _run_env_module(lambda: importlib.import_module(mod_name), ref)
         except ModuleNotFoundError:
             # like `python -m`, also look in the current directory (the `banyan` script does not)
             if os.getcwd() not in sys.path:
@@ -167,7 +179,8 @@ def _single_env(name: str):
     return GymWrapper(resolve_env(name).factory(), device="cpu")
 
 
-def make_env(info: EnvInfo, num_envs: int, seed: int, history: int = 1, backend: str = "vector"):
+def make_env(info: EnvInfo, num_envs: int, seed: int, history: int = 1, backend: str = "vector",
+             role: str = "training"):
     """K copies of the env as one TorchRL env with batch size [K].
 
     backend: `vector` (default) one gymnasium SyncVectorEnv in GymWrapper; `serial` TorchRL SerialEnv of
@@ -175,7 +188,8 @@ def make_env(info: EnvInfo, num_envs: int, seed: int, history: int = 1, backend:
     using it need an `if __name__ == "__main__":` guard). Timings: see the module docstring.
     Keys: `observation` [K, D] (or [K, T, D] when history > 1: the last T observations, oldest first,
     the first one repeated at an episode start), `action`, `("next", "reward")`, `done`/`terminated`/
-    `truncated`, `episode_reward` (running return, RewardSum) and `step_count`.
+    `truncated`, `episode_reward` (running return, RewardSum) and `step_count`. A non-finite observation
+    or reward stops the run there (banyan.rl.guards.FiniteGuard; `role` names the env in that message).
     """
     from functools import partial
 
@@ -191,7 +205,9 @@ def make_env(info: EnvInfo, num_envs: int, seed: int, history: int = 1, backend:
         env = batched(num_envs, partial(_single_env, info.name))
     else:
         raise BanyanError(f"unknown env backend '{backend}' (expected vector, serial or parallel)")
-    transforms = [DoubleToFloat(), StepCounter(), RewardSum()]
+    from banyan.rl.guards import FiniteGuard
+
+    transforms = [FiniteGuard(info.name, num_envs, role), DoubleToFloat(), StepCounter(), RewardSum()]
     if history > 1:
         # [K, D] -> [K, 1, D] -> concatenate the last T along dim -2 -> [K, T, D]
         transforms += [UnsqueezeTransform(dim=-2, in_keys=["observation"], in_keys_inv=[]),

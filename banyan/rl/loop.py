@@ -8,6 +8,7 @@ updates), not the evaluation episodes.
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 
@@ -17,11 +18,17 @@ import torch.nn as nn
 
 from banyan.io import atomic_path, atomic_write_json
 from banyan.logger import MetricsLogger
+from banyan.rl.guards import check_weights
+
+
+# Steps per evaluation episode when the env has no TimeLimit and --eval_max_steps is 0.
+EVAL_CAP_WITHOUT_TIME_LIMIT = 10_000
 
 
 @torch.no_grad()
-def evaluate(env, policy, episodes: int, max_steps: int = 100_000) -> np.ndarray:
-    """Return of the first episode of each of the env's K sub-envs (K = episodes), acting greedily.
+def evaluate(env, policy, episodes: int, max_steps: int) -> tuple[np.ndarray, int]:
+    """Return of the first episode of each of the env's K sub-envs (K = episodes), acting greedily, and how
+    many of them were still running after `max_steps` steps (their return so far is counted).
 
     env: batched TorchRL env with batch size [episodes]; policy: TensorDictModule writing `action`.
     """
@@ -42,7 +49,7 @@ def evaluate(env, policy, episodes: int, max_steps: int = 100_000) -> np.ndarray
             if finished.all():
                 break
             td = td_next
-    return returns.numpy()
+    return returns.numpy(), int((~finished).sum())
 
 
 class Run:
@@ -61,6 +68,8 @@ class Run:
         self.steps_to_solve: int | None = None
         self.train_returns: list[float] = []
         self.step = 0
+        self.eval_cap = cfg.eval_max_steps or EVAL_CAP_WITHOUT_TIME_LIMIT  # resolved by train.eval_cap
+        self.warned_cap = False
 
     # ------------------------------------------------------------------ clock
     def train_seconds(self) -> float:
@@ -90,8 +99,13 @@ class Run:
 
     def evaluate(self, step: int) -> float:
         t0 = time.perf_counter()
-        returns = evaluate(self.eval_env, self.eval_policy, self.cfg.eval_episodes)
+        returns, unfinished = evaluate(self.eval_env, self.eval_policy, self.cfg.eval_episodes, self.eval_cap)
         self.eval_time += time.perf_counter() - t0
+        if unfinished and not self.warned_cap:
+            self.warned_cap = True
+            print(f"warning: {self.cfg.env}: {unfinished} of {self.cfg.eval_episodes} evaluation episodes were still "
+                  f"running after {self.eval_cap} steps and were cut there (the env does not end its episodes "
+                  "by then; --eval_max_steps sets the cap)", file=sys.stderr, flush=True)
         mean, std = float(returns.mean()), float(returns.std())
         self.evals.append((step, mean, std))
         if self.threshold is not None and self.steps_to_solve is None and mean >= self.threshold:
@@ -109,6 +123,7 @@ class Run:
         """All networks' weights in one safetensors file (keys `module.param`), written atomically."""
         from safetensors.torch import save_file
 
+        check_weights(self.modules, self.cfg.env, step)  # nothing non-finite is ever saved
         tensors = {f"{m}.{k}": v.detach().contiguous().clone()
                    for m, mod in self.modules.items() for k, v in mod.state_dict().items()}
         path = self.out / "checkpoints" / (name or f"step_{step:08d}.safetensors")

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from banyan.logger import MetricsLogger
+from banyan.rl.guards import check_loss, check_weights
 from banyan.rl.loop import Run
 from banyan.rl.policies import count_params, make_actor_critic
 
@@ -113,6 +114,7 @@ def train(cfg, env, eval_env, obs_dim: int, continuous: bool, threshold: float |
             for idx in torch.randperm(data.numel()).split(p.minibatch):
                 out = loss_fn(data[idx])
                 loss = out["loss_objective"] + out["loss_critic"] + out.get("loss_entropy", torch.zeros(()))
+                check_loss(loss, cfg.env, (it + 1) * frames_per_batch, "PPO loss")
                 optim.zero_grad(set_to_none=True)
                 loss.backward()
                 if p.max_grad_norm > 0:
@@ -124,6 +126,7 @@ def train(cfg, env, eval_env, obs_dim: int, continuous: bool, threshold: float |
                     if key in out.keys():
                         stats[k] += float(out[key].detach())
         step = (it + 1) * frames_per_batch
+        check_weights(run.modules, cfg.env, step)
         finished = batch["next", "episode_reward"][batch["next", "done"]]
         stop = run.after_batch(step, finished, lr=optim.param_groups[0]["lr"],
                                **{k: v / max(n_updates, 1) for k, v in stats.items()})

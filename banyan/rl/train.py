@@ -6,10 +6,14 @@
 
 Writes OUT/config.toml, metrics.jsonl, tb/ (TensorBoard), wandb/ (with --log.wandb, offline),
 checkpoints/*.safetensors, summary.json and learning_curve.png. `run_training(cfg)` is the Python API.
+An `--out` that already holds a run is refused unless `--overwrite`; the folder is locked while the run
+lives; a NaN or infinity in observations, rewards, losses or weights stops the run naming the env and
+the step (banyan.rl.guards), and no checkpoint is written from non-finite weights.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -19,8 +23,11 @@ import torch
 
 from banyan.errors import BanyanError
 from banyan.config import LogConfig, parse_cli, write_config
+from banyan.configlib import check_ranges
 from banyan.rl import dqn, ppo
 from banyan.rl.dqn import DQNConfig
+from banyan.rl.guards import claim_run_dir
+from banyan.rl.loop import EVAL_CAP_WITHOUT_TIME_LIMIT
 from banyan.rl.envs import action_kind, make_env, probe_spaces, resolve_env, seed_everything
 from banyan.logger import MetricsLogger, read_metrics
 from banyan.rl.curves import eval_curve, plot_curves
@@ -53,6 +60,11 @@ class RLConfig:
     """Run evaluation episodes every this many env steps (0: only at the end)."""
     eval_episodes: int = 10
     """Greedy episodes per evaluation (run side by side)."""
+    eval_max_steps: int = 0
+    """Cap on the steps of one evaluation episode, with a warning when it is hit (0: one past the env's
+    time limit, or 10,000 when the env has none)."""
+    overwrite: bool = False
+    """Replace a previous run in `out` (removes only the files rl train writes there)."""
     stop_on_solve: bool = False
     """Stop once the mean evaluation return reaches the env's reward threshold."""
     checkpoint_every: int = 0
@@ -68,43 +80,68 @@ class RLConfig:
     dqn: DQNConfig = field(default_factory=DQNConfig)
     log: LogConfig = field(default_factory=lambda: LogConfig(wandb_project="banyan-rl", progress=False))
 
+    # allowed values, checked when flags are parsed (banyan.configlib.check_ranges) and in validate()
+    ranges = {
+        "steps": (1, None), "envs": (1, None), "eval_every": (0, None), "eval_episodes": (1, None),
+        "eval_max_steps": (0, None), "checkpoint_every": (0, None), "keep_checkpoints": (0, None),
+        "threads": (1, None), "net.history": (1, None),
+        "ppo.lr": (0.0, None), "ppo.rollout_steps": (1, None), "ppo.minibatch": (1, None), "ppo.epochs": (1, None),
+        "ppo.gamma": (0.0, 1.0), "ppo.gae_lambda": (0.0, 1.0), "ppo.clip": (0.0, None), "ppo.ent_coef": (0.0, None),
+        "ppo.vf_coef": (0.0, None), "ppo.max_grad_norm": (0.0, None),
+        "dqn.lr": (0.0, None), "dqn.gamma": (0.0, 1.0), "dqn.buffer_size": (1, None), "dqn.batch_size": (1, None),
+        "dqn.learning_starts": (0, None), "dqn.collect_steps": (1, None), "dqn.updates_per_batch": (1, None),
+        "dqn.target_every": (1, None), "dqn.eps_start": (0.0, 1.0), "dqn.eps_end": (0.0, 1.0),
+        "dqn.explore_frac": (0.0, 1.0), "dqn.max_grad_norm": (0.0, None), "dqn.hidden": (1, None),
+    }
+
 
 def validate(cfg: RLConfig):
     """Check the config against the environment; returns (EnvInfo, obs space, action space, kind)."""
-    for key in ("steps", "envs", "eval_episodes"):
-        if getattr(cfg, key) <= 0:
-            raise BanyanError(f"--{key} must be positive, got {getattr(cfg, key)}")
+    check_ranges(cfg, cfg.ranges)  # the Python API too, not only the CLI
     info = resolve_env(cfg.env)
     obs_space, act_space = probe_spaces(info)
     kind = action_kind(act_space)
     if cfg.algo == "dqn" and kind != "discrete":
         raise BanyanError(f"dqn needs a discrete action space, but {cfg.env} has {act_space}; use --algo ppo")
-    if cfg.policy == "transformer" and cfg.net.history < 1:
-        raise BanyanError(f"--net.history must be >= 1, got {cfg.net.history}")
     return info, obs_space, act_space, kind
 
 
 def run_training(cfg: RLConfig) -> dict:
     """Train one run end to end; returns the summary dict (also in OUT/summary.json)."""
     info, obs_space, _, kind = validate(cfg)
+    out = Path(cfg.out)
+    lock = claim_run_dir(out, cfg.overwrite)  # held for the life of the run
+    try:
+        return _train(cfg, info, obs_space, kind, out)
+    finally:
+        lock.release()
+
+
+def eval_cap(cfg: RLConfig, info) -> int:
+    """Steps per evaluation episode: the flag, else one past the env's time limit, else a fixed cap."""
+    if cfg.eval_max_steps:
+        return cfg.eval_max_steps
+    return info.max_episode_steps + 1 if info.max_episode_steps else EVAL_CAP_WITHOUT_TIME_LIMIT
+
+
+def _train(cfg: RLConfig, info, obs_space, kind: str, out: Path) -> dict:
     torch.set_num_threads(max(1, cfg.threads))
     seed_everything(cfg.seed)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
     write_config(cfg, out / "config.toml")
     history = cfg.net.history if cfg.policy == "transformer" else 1
     env = make_env(info, cfg.envs, cfg.seed, history, cfg.backend)
     # Evaluation uses its own envs and seeds (and always the vector backend) so it never disturbs the
     # training episodes.
-    eval_env = make_env(info, cfg.eval_episodes, cfg.seed + 10_000, history)
+    eval_env = make_env(info, cfg.eval_episodes, cfg.seed + 10_000, history, role="evaluation")
+    algo_cfg = dataclasses.replace(cfg, eval_max_steps=eval_cap(cfg, info))
     logger = MetricsLogger(out, cfg.log, cfg)  # the same logger and schema as LM runs; step = env steps
     obs_dim = obs_space.shape[0]
     t0 = time.perf_counter()
     try:
         if cfg.algo == "ppo":
-            summary = ppo.train(cfg, env, eval_env, obs_dim, kind == "continuous", info.reward_threshold, logger)
+            summary = ppo.train(algo_cfg, env, eval_env, obs_dim, kind == "continuous", info.reward_threshold, logger)
         else:
-            summary = dqn.train(cfg, env, eval_env, obs_dim, info.reward_threshold, logger)
+            summary = dqn.train(algo_cfg, env, eval_env, obs_dim, info.reward_threshold, logger)
     finally:
         logger.close()
         env.close(raise_if_closed=False)  # the collector may have closed it already
