@@ -44,6 +44,18 @@ def _usage() -> str:
     return "\n".join(lines)
 
 
+def _os_hint(e: OSError) -> str:
+    import errno
+
+    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return " (no permission to write there: choose another --out or fix the folder's permissions)"
+    if e.errno == errno.EISDIR:
+        return " (a folder where a file was expected: give a file name)"
+    if e.errno in (errno.ENOTDIR, errno.EEXIST):
+        return " (a file is in the way of a folder)"
+    return ""
+
+
 def _resolve(argv: list[str]) -> tuple[str | None, list[str]]:
     for n in (2, 1):
         key = " ".join(argv[:n])
@@ -87,6 +99,12 @@ def main(argv: list[str] | None = None) -> int:
         rc = fn(rest)
     except (BanyanError, FileNotFoundError) as e:
         print(f"banyan {verb}: error: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a folder that cannot be written, a file where a folder belongs, ...: one line
+        if not e.strerror:
+            raise
+        where = f" '{e.filename}'" if e.filename else ""
+        print(f"banyan {verb}: error: {e.strerror}{where}" + _os_hint(e), file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"banyan {verb}: interrupted", file=sys.stderr)

@@ -94,7 +94,7 @@ class TrainConfig:
     eval_every: int = 50
     """Run validation every this many steps (0 disables; the last step is always evaluated)."""
     eval_batches: int = 8
-    """Micro-batches per validation."""
+    """Micro-batches per validation (0: the whole validation split, every window of it: slow on a large one)."""
     sample_every: int = 0
     """Print a sample from `sample_prompt` every this many steps (0: never)."""
     sample_prompt: str = ""

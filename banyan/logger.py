@@ -29,7 +29,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from banyan.errors import DataError
+from banyan.errors import BanyanError, DataError
 from banyan.io import atomic_write_text
 
 METRICS_FILE = "metrics.jsonl"
@@ -140,10 +140,18 @@ def init_wandb(out: Path, log_cfg: Any, run_config: Any, resume: bool):
     mode = os.environ.get("WANDB_MODE") or ("online" if os.environ.get("WANDB_API_KEY") else "offline")
     if dataclasses.is_dataclass(run_config) and not isinstance(run_config, type):
         run_config = dataclasses.asdict(run_config)
-    return wandb.init(project=getattr(log_cfg, "wandb_project", "banyan") or "banyan",
-                      name=getattr(log_cfg, "wandb_run_name", "") or out.name, dir=str(out), mode=mode,
-                      config=run_config or {}, resume="allow" if resume else None,
-                      reinit="finish_previous")  # several runs in one process (RL compare, tests)
+    try:
+        return wandb.init(project=getattr(log_cfg, "wandb_project", "banyan") or "banyan",
+                          name=getattr(log_cfg, "wandb_run_name", "") or out.name, dir=str(out), mode=mode,
+                          config=run_config or {}, resume="allow" if resume else None,
+                          reinit="finish_previous")  # several runs in one process (RL compare, tests)
+    except Exception as e:  # noqa: BLE001 - wandb raises its own error types (auth, network, usage)
+        why = (str(e).strip().splitlines() or [""])[0][:200]
+        key = os.environ.get("WANDB_API_KEY")
+        if key:
+            why = why.replace(key, "***")  # never echo the secret
+        raise BanyanError(f"W&B could not start a {mode} run ({type(e).__name__}: {why}); check WANDB_API_KEY, "
+                          "or run without --log.wandb, or set WANDB_MODE=offline") from None
 
 
 def _drop_partial_tail(path: Path) -> None:

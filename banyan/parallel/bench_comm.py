@@ -72,6 +72,11 @@ class BenchCommConfig:
     simulate_hang_rank: int = -1
     """Testing aid: this rank enters its first collective only after timeout_s, so the others see a hang (-1: off)."""
 
+    # checked by parse_cli in the launching process, before torchrun starts (banyan.configlib.check_ranges)
+    ranges = {"nproc": (0, None), "min_mb": (1e-6, None), "max_mb": (1e-6, None), "factor": (2, None),
+              "iters": (0, None), "time_budget_s": (1e-3, None), "timeout_s": (1e-3, None),
+              "simulate_hang_rank": (-1, None)}
+
 
 def bus_factor(op: str, n: int) -> float:
     return 2 * (n - 1) / n if op == "all_reduce" else (n - 1) / n
@@ -294,15 +299,17 @@ def run(cfg: BenchCommConfig) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from banyan.parallel.launch import launch_torchrun, under_torchrun
+    from banyan.parallel.launch import drop_option, launch_torchrun, under_torchrun
 
     argv = list(argv)
     cfg = parse_cli(BenchCommConfig, argv, prog="banyan bench comm")
+    sizes_mb(cfg)  # min_mb <= max_mb: checked here, not in each rank after the launch
     if not under_torchrun():
         n = cfg.nproc or (torch.cuda.device_count() if torch.cuda.device_count() >= 2 else 2)
         # our watchdog (timeout_s) must fire before the process group's own timeout does
         os.environ.setdefault("BANYAN_DIST_TIMEOUT_S", str(int(cfg.timeout_s * 3 + 60)))
-        return launch_torchrun(n, ["bench", "comm", *argv])
+        # the ranks do not launch again, so --nproc stays here (torchrun would take it for its --nproc-per-node)
+        return launch_torchrun(n, ["bench", "comm", *drop_option(argv, "--nproc")])
     result = run(cfg)
     wrong = any(r.get("correct") is False for r in result["results"])
     return 1 if wrong else 0

@@ -36,6 +36,19 @@ def alias_nproc(argv: list[str]) -> list[str]:
     return out
 
 
+def drop_option(argv: list[str], name: str) -> list[str]:
+    """argv without `NAME VALUE` / `NAME=VALUE` (an option only the launching process needs)."""
+    out, skip = [], False
+    for a in argv:
+        if skip:
+            skip = False
+        elif a == name:
+            skip = True
+        elif not a.startswith(name + "="):
+            out.append(a)
+    return out
+
+
 def torchrun_command(nproc: int, args: list[str], nnodes: int = 1, rdzv_endpoint: str | None = None,
                      max_restarts: int = 0) -> list[str]:
     cmd = [sys.executable, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}"]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar, Literal
 
+from banyan.configlib import check_ranges
 from banyan.config import ConfigError, RunConfig, load_config, parse_cli, preset_path, read_saved_config, read_toml
 from banyan.errors import BanyanError
 
@@ -56,8 +57,8 @@ class PlanConfig:
     """Custom GPU memory, GB."""
     gpu_mem_bw_gbs: float | None = None
     """Custom GPU memory bandwidth, GB/s."""
-    seq: int = 0
-    """Sequence length (0: the recipe's train.seq_len)."""
+    seq: int | None = None
+    """Sequence length (None: the recipe's train.seq_len)."""
     global_batch_tokens: int = 0
     """Tokens per optimizer step (0: the recipe's)."""
     mfu: float = 0.4
@@ -87,6 +88,12 @@ class PlanConfig:
     lora_rank: int | None = None
     """LoRA adapter rank to plan for (None: the recipe's lora.rank; 0: full training)."""
 
+    # allowed values, checked when flags are parsed (banyan.configlib.check_ranges); None = unbounded
+    ranges = {"nodes": (1, None), "seq": (1, None), "global_batch_tokens": (0, None), "mfu": (1e-6, 1.0),
+              "chunked_loss": (0, None), "vocab_size": (1, None), "steps": (1, None), "micro_batch": (0, None),
+              "lora_rank": (0, None), "bandwidth_gbs": (1e-9, None), "network_gbs": (1e-9, None),
+              "gpu_tflops": (1e-9, None), "gpu_mem_gb": (1e-9, None), "gpu_mem_bw_gbs": (1e-9, None)}
+
 
 def load_run_config(model: str | None, config: str | None, vocab_size: int | None,
                     for_validate: bool) -> tuple[RunConfig, str, list[str]]:
@@ -97,6 +104,10 @@ def load_run_config(model: str | None, config: str | None, vocab_size: int | Non
     path = preset_path(src)
     data = read_toml(path)
     cfg = read_saved_config(RunConfig, path) if "git_commit" in data else load_config(RunConfig, file=str(path))
+    try:  # a recipe's numbers obey the same ranges as `banyan pretrain --config` would apply
+        check_ranges(cfg, RunConfig.ranges)
+    except ConfigError as e:
+        raise BanyanError(f"{path}: {e}") from None
     notes = []
     if vocab_size is not None:
         if vocab_size <= 0:
@@ -128,7 +139,13 @@ def _gb(x: float) -> str:
     return f"{x:.1f}"
 
 
-def render(d: dict, plan_rows, hw_note: str) -> None:
+def recipe_flag(src: str) -> str:
+    """How `banyan pretrain` is told the recipe: `--config FILE` for a TOML file, `--preset NAME` for a preset."""
+    is_file = Path(src).suffix == ".toml" or Path(src).is_file()  # the rule of configlib.preset_path
+    return f"--config {src}" if is_file else f"--preset {src}"
+
+
+def render(d: dict, plan_rows, hw_note: str, recipe: str) -> None:
     from rich.console import Console
     from rich.markup import escape
     from rich.table import Table
@@ -159,7 +176,7 @@ def render(d: dict, plan_rows, hw_note: str) -> None:
     rec = d["recommendation"]
     if rec:
         con.print(f"[bold green]Recommendation:[/] {escape(rec['why'])}")
-        con.print(f"  train it with: banyan pretrain --preset {escape(m['name'])} --train.global_batch_tokens "
+        con.print(f"  train it with: banyan pretrain {escape(recipe)} --train.global_batch_tokens "
                   f"{w['global_batch_tokens']} {escape(' '.join(rec['pretrain_flags']))}", soft_wrap=True)
     else:
         con.print(f"[bold red]{m['name']} does not fit on {h['world']} x {g['name']} with any strategy.[/]")
@@ -187,7 +204,7 @@ def main(argv: list[str] | None = None) -> int:
 
     args = parse_cli(PlanConfig, argv, prog="banyan plan", description=PlanConfig.__doc__ + "\n\n" + EXAMPLES)
     cfg, name, notes = load_run_config(args.model, args.config, args.vocab_size, args.validate)
-    seq = args.seq or cfg.train.seq_len
+    seq = cfg.train.seq_len if args.seq is None else args.seq
     if seq < 1 or seq > cfg.model.max_seq_len:
         raise BanyanError(f"--seq {seq} must be in [1, model.max_seq_len = {cfg.model.max_seq_len}]")
     chunk = cfg.train.chunked_loss if args.chunked_loss is None else args.chunked_loss
@@ -221,5 +238,5 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         print(json.dumps(d, indent=2, default=lambda o: None if isinstance(o, float) and math.isnan(o) else str(o)))
     else:
-        render(d, plan.rows, hw.note)
+        render(d, plan.rows, hw.note, recipe_flag(args.config or args.model))
     return 0 if plan.best else 1

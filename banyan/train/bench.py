@@ -10,10 +10,11 @@ import json
 import statistics
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from banyan.config import RunConfig, parse_cli, to_dict
+from banyan.config import ConfigError, RunConfig, parse_cli, to_dict
 from banyan.io import atomic_write_text
 from banyan.parallel.env import DistEnv
 from banyan.train.metrics import peak_flops_for, peak_memory_mb
@@ -30,6 +31,8 @@ class BenchTrainConfig(RunConfig):
     """Timed steps."""
     json_out: str = ""
     """Also write the JSON result to this file."""
+
+    ranges = {**RunConfig.ranges, "warmup": (0, None), "steps": (1, None)}  # checked by parse_cli
 
 
 def bench(cfg: BenchTrainConfig) -> dict:
@@ -88,6 +91,8 @@ def bench(cfg: BenchTrainConfig) -> dict:
 
 def main(argv: list[str]) -> int:
     cfg = parse_cli(BenchTrainConfig, argv, prog="banyan bench train", default_preset="shakespeare")
+    if cfg.json_out and Path(cfg.json_out).is_dir():  # before the benchmark, not after it
+        raise ConfigError(f"--json_out '{cfg.json_out}' is a folder; give a file name, e.g. {cfg.json_out}/bench.json")
     result = bench(cfg)
     if not result.pop("is_main"):
         return 0  # under torchrun only rank 0 reports

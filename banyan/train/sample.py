@@ -51,6 +51,8 @@ class SampleConfig(GenerationFlags):
     num_samples: int = 1
     """How many samples to draw."""
 
+    ranges = {"num_samples": (1, None)}  # checked by parse_cli
+
 
 def load_for_inference(path: str | Path, device: torch.device):
     """(model, tokenizer, run config) from a checkpoint folder or run folder, single-process or sharded (DCP)."""
@@ -73,8 +75,9 @@ def load_for_inference(path: str | Path, device: torch.device):
 def generate_text(model, tok, prompt: str, max_new_tokens: int, temperature: float, top_k: int, top_p: float,
                   seed: int, device: torch.device) -> str:
     ids = tok.encode(prompt)
-    if not ids:
-        ids = [tok.bos_id]
+    skip = 0
+    if not ids:  # an empty prompt starts from <|bos|>, which is not part of the text shown
+        ids, skip = [tok.bos_id], 1
     room = model.config.max_seq_len - len(ids)
     if room <= 0:
         raise BanyanError(f"prompt is {len(ids)} tokens; the model's context is {model.config.max_seq_len}")
@@ -82,7 +85,7 @@ def generate_text(model, tok, prompt: str, max_new_tokens: int, temperature: flo
     x = torch.tensor([ids], dtype=torch.long, device=device)
     out = model.generate(x, max_new_tokens=min(max_new_tokens, room), temperature=temperature,
                          top_k=top_k or None, top_p=top_p if top_p < 1 else None, eos_id=tok.eos_id, generator=g)
-    return tok.decode(out[0].tolist())
+    return tok.decode(out[0, skip:].tolist())
 
 
 def main(argv: list[str]) -> int:

@@ -163,10 +163,12 @@ class Trainer:
         self.peak = peak_flops_for(env.device, cfg.train.dtype) * env.world_size  # may draw random matrices
         if resume_from is not None:
             self.resume(resume_from)  # after everything that draws from the RNG: it restores the RNG state
+        # the logger first: a sink that fails to start (W&B rejects the key) leaves no config.toml behind,
+        # so neither a fresh run nor --resume is blocked by a run that never began
+        self.logger = MetricsLogger(self.out, cfg.log, cfg, enabled=env.is_main, resume=resume_from is not None)
         if env.is_main:
             write_config(cfg, self.out / "config.toml", extra={"world_size": env.world_size, "grad_accum": self.n_micro,
                                                                 "stage": self.stage})
-        self.logger = MetricsLogger(self.out, cfg.log, cfg, enabled=env.is_main, resume=resume_from is not None)
         if env.is_main:
             print(f"banyan {self.stage}: {cfg.model.arch} {self.par.raw.num_params() / 1e6:.2f}M params, "
                   f"{self.n_micro} micro-steps x {cfg.train.micro_batch} x {env.world_size} ranks per step, "
