@@ -109,6 +109,15 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"banyan {verb}: interrupted", file=sys.stderr)
         return 130
+    except BaseException as e:
+        if not hasattr(e, "failures"):  # SystemExit and the like; real bugs keep their traceback
+            raise
+        # torch.distributed.checkpoint's CheckpointException (a BaseException): a sharded checkpoint failed to load
+        from banyan.train.safe_dcp import failure_line
+
+        print(f"banyan {verb}: error: a sharded checkpoint could not be read ({failure_line(e)}); "
+              "it may be damaged: copy it again or use an earlier checkpoint", file=sys.stderr)
+        return 2
     return int(rc or 0)
 
 

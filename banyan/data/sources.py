@@ -189,8 +189,10 @@ def parquet_rows(path: Path, columns: list[str] | None = None, batch_rows: int =
             for record in batch.to_pylist():
                 row += 1
                 yield record
-    except pa.ArrowException as e:
-        raise DataError(f"{path}: parquet read failed near row {row} ({e})") from None
+    except (pa.ArrowException, OSError) as e:  # a corrupt data page is a plain OSError ("Corrupt snappy ...")
+        why = "; ".join(line.strip() for line in str(e).splitlines() if line.strip())
+        raise DataError(f"{path}: parquet read failed after row {row}, the file is damaged ({why}); "
+                        "re-download or rewrite it") from None
 
 
 def parquet_documents(path: Path, text_field: str, skip_invalid: bool, stats: SourceStats,

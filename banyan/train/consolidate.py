@@ -21,7 +21,7 @@ from safetensors.torch import save_model
 from banyan.config import ModelConfig, RunConfig, parse_cli, read_saved_config
 from banyan.io import atomic_path
 from banyan.train.checkpoint import CheckpointError, resolve_checkpoint
-from banyan.train.safe_dcp import safe_reader
+from banyan.train.safe_dcp import failure_line, safe_reader
 from banyan.train.dist_checkpoint import (DCP_DIR, error_summary, is_sharded, quiet_single_process,
                                          safe_load_planner)
 
@@ -70,6 +70,7 @@ def empty_model(cfg: ModelConfig) -> torch.nn.Module:
 def load_sharded_model(ckpt: Path) -> torch.nn.Module:
     """The model of sharded checkpoint folder `ckpt` (its config.toml), every DCP shard read in this process."""
     import torch.distributed.checkpoint as dcp
+    from torch.distributed.checkpoint.api import CheckpointException
 
     cfg = read_saved_config(RunConfig, ckpt / "config.toml")
     model = empty_model(cfg.model)
@@ -78,9 +79,13 @@ def load_sharded_model(ckpt: Path) -> torch.nn.Module:
     try:
         with quiet_single_process():
             dcp.load(state, storage_reader=reader, planner=safe_load_planner())
-    except Exception as e:  # noqa: BLE001 - DCP wraps the real cause (missing key, shape) in CheckpointException
-        raise CheckpointError(f"checkpoint {ckpt} does not match the model in its config.toml: "
-                              f"{error_summary(e)}") from None
+    except (Exception, CheckpointException) as e:  # noqa: BLE001 - DCP wraps the real cause (missing key, shape,
+        # a damaged .distcp) in CheckpointException, a BaseException
+        why = error_summary(e)
+        if why.startswith("CheckpointException"):  # not a key/shape mismatch: the failing rank's own error
+            why = failure_line(e)
+        raise CheckpointError(f"checkpoint {ckpt} could not be loaded into the model in its config.toml: "
+                              f"{why}") from None
     return model
 
 

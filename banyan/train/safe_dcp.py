@@ -56,6 +56,34 @@ def read_metadata_file(path: str | Path):
             raise CheckpointError(f"{path}: not a readable DCP metadata file ({type(e).__name__}: {e})") from None
 
 
+def failure_line(e: BaseException) -> str:
+    """One line for a DCP load failure: its CheckpointException (a BaseException whose str() is every rank's
+    traceback) is unwrapped to the first failing rank's own error."""
+    failures = getattr(e, "failures", None)
+    if failures:
+        e = next(iter(failures.values()))[0]
+    text = [line.strip() for line in str(e).splitlines() if line.strip()]
+    return f"{type(e).__name__}: {text[0]}" if text else type(e).__name__
+
+
+def check_data_files(checkpoint_dir: Path, metadata) -> None:
+    """Every `.distcp` file the metadata points into exists and is as long as its last item needs.
+
+    A truncated or missing shard (an interrupted copy, a full disk) would otherwise fail deep inside
+    DCP's per-rank reader as a many-line CheckpointException (a BaseException) naming no file."""
+    needed: dict[str, int] = {}
+    for info in (getattr(metadata, "storage_data", None) or {}).values():
+        end = int(info.offset) + int(info.length)
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), end)
+    for name, end in sorted(needed.items()):
+        path = checkpoint_dir / name
+        size = path.stat().st_size if path.is_file() else None
+        if size is None or size < end:
+            got = "is missing" if size is None else f"is truncated ({size} bytes; its metadata needs {end})"
+            raise CheckpointError(f"{path} {got}: the checkpoint was not completely written or copied; "
+                                  "copy it again or use an earlier checkpoint")
+
+
 def safe_reader(checkpoint_dir: str | Path):
     """A FileSystemReader for `checkpoint_dir` whose metadata is read with the allow-list.
 
@@ -65,6 +93,7 @@ def safe_reader(checkpoint_dir: str | Path):
     from torch.distributed.checkpoint.metadata import StorageMeta
 
     checked = read_metadata_file(Path(checkpoint_dir) / ".metadata")
+    check_data_files(Path(checkpoint_dir), checked)
 
     class SafeFileSystemReader(FileSystemReader):
         def read_metadata(self, *args, **kwargs):
