@@ -1,7 +1,8 @@
 """`make demo`: prepare the embedded Shakespeare corpus, pretrain the default tiny Llama on CPU,
 print val loss / bits per byte, write plots and print a sample, then chat-tune it (SFT on the
 embedded shakespeare-dialogue conversations), check it against the pretrained model on held-out
-plays and print a two-turn chat. `--quick` is the CI-sized version."""
+plays and print a two-turn chat, align it with DPO on preference pairs from the plays, export it for
+transformers and score it. `--quick` is the CI-sized version."""
 
 from __future__ import annotations
 
@@ -29,10 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     data = Path(args.data)
     wanted = PrepareConfig(out=str(data))
     if _prepared_spec(data) != wanted.tokenizer:
-        print(f"[1/5] preparing the embedded Shakespeare corpus ({wanted.tokenizer}) into {data} ...")
+        print(f"[1/6] preparing the embedded Shakespeare corpus ({wanted.tokenizer}) into {data} ...")
         prepare(wanted)
     else:
-        print(f"[1/5] using prepared data in {data}")
+        print(f"[1/6] using prepared data in {data}")
 
     out = Path(args.out or ("runs/demo-quick" if args.quick else "runs/demo"))
     if out.exists():
@@ -46,13 +47,13 @@ def main(argv: list[str] | None = None) -> int:
     sft_steps = 15
     if not args.quick:
         cfg.train.max_steps, sft_steps = fit_steps(cfg, args.train_minutes * 60)
-    print(f"[2/5] pretraining {cfg.model.arch} ({cfg.model.n_layer} layers, width {cfg.model.d_model}) "
+    print(f"[2/6] pretraining {cfg.model.arch} ({cfg.model.n_layer} layers, width {cfg.model.d_model}) "
           f"for {cfg.train.max_steps} steps on CPU ...")
     from banyan.train.pretrain import train
 
     summary = train(cfg)
 
-    print("[3/5] sampling from the final checkpoint:")
+    print("[3/6] sampling from the final checkpoint:")
     from banyan.parallel.env import resolve_device
     from banyan.train.sample import generate_text, load_for_inference
 
@@ -64,19 +65,20 @@ def main(argv: list[str] | None = None) -> int:
     print(f"val loss {summary['val_loss']:.4f} nats/token, val bpb {summary['val_bpb']:.4f} bits/byte; "
           f"plots: {out / 'plots'}")
     sft_demo(out, Path(f"{out}-sft"), args.quick, sft_steps)
-    publish_demo(Path(f"{out}-sft"), data, args.quick)
+    dpo_demo(Path(f"{out}-sft"), Path(f"{out}-dpo"), args.quick, 6 if args.quick else 20)
+    publish_demo(Path(f"{out}-dpo"), data, args.quick)
     print(f"total {time.time() - t0:.0f}s")
     return 0
 
 
 def publish_demo(run: Path, data: Path, quick: bool) -> None:
-    """[5/5] export the chat model as a transformers folder, reload it with transformers, score both the same way."""
+    """[6/6] export the chat model as a transformers folder, reload it with transformers, score both the same way."""
     from banyan.config import LogConfig
     from banyan.eval.run import EvalConfig, evaluate, print_table
     from banyan.export.hf import ExportHFConfig, export_hf
 
     hf_dir = Path(f"{run}-hf")
-    print(f"[5/5] exporting {run} as a Hugging Face folder {hf_dir} and reloading it with transformers ...")
+    print(f"[6/6] exporting {run} as a Hugging Face folder {hf_dir} and reloading it with transformers ...")
     export_hf(ExportHFConfig(src=str(run), out=str(hf_dir), overwrite=True))
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -114,7 +116,7 @@ def fit_steps(cfg: RunConfig, seconds: float) -> tuple[int, int]:
 
 
 def sft_demo(src: Path, out: Path, quick: bool, steps: int) -> None:
-    """[4/5] SFT on shakespeare-dialogue from the pretrained run; compare on held-out plays; chat twice."""
+    """[4/6] SFT on shakespeare-dialogue from the pretrained run; compare on held-out plays; chat twice."""
     from banyan.train.sft import SFTConfig, SFTTask, train
 
     if out.exists():
@@ -127,13 +129,46 @@ def sft_demo(src: Path, out: Path, quick: bool, steps: int) -> None:
                   "eval_batches": 4 if quick else 16, "log_every": 5, "device": "cpu"},
         "optim": {"name": "muon", "lr": 2e-3, "muon_lr": 0.01, "warmup_steps": 5},
         "checkpoint": {"every": 0}})
-    print(f"[4/5] chat-tuning (SFT) on shakespeare-dialogue for {steps} steps ...")
+    print(f"[4/6] chat-tuning (SFT) on shakespeare-dialogue for {steps} steps ...")
     t0 = time.time()
     task = SFTTask(cfg)
     train(cfg, task)
     print(f"SFT took {time.time() - t0:.0f}s")
     held_out_check(src, task, 10 if quick else 50)
     chat_demo(out)
+
+
+def dpo_demo(src: Path, out: Path, quick: bool, steps: int) -> None:
+    """[5/6] DPO from the SFT model on shakespeare-pairs (the real next speech against one from another
+    scene); held-out preference accuracy (log p(chosen) > log p(rejected)) of the SFT and the DPO model."""
+    import torch
+
+    from banyan.train.dpo import DPOConfig, DPOTask
+    from banyan.train.reference import score_pairs
+    from banyan.train.sample import load_for_inference
+    from banyan.train.trainer import Trainer
+
+    if out.exists():
+        shutil.rmtree(out)
+    n_val = 48 if quick else 200
+    cfg: DPOConfig = load_config(DPOConfig, overrides={
+        "init": str(src), "out": str(out),
+        "dpo": {"data": "shakespeare-pairs", "max_pairs": steps * 8, "max_val_pairs": n_val, "beta": 0.1},
+        "train": {"max_steps": steps, "seq_len": 256, "micro_batch": 8, "dtype": "auto", "eval_every": 0,
+                  "eval_batches": n_val // 8, "log_every": 5, "device": "cpu"},
+        "optim": {"name": "adamw", "lr": 5e-5, "warmup_steps": 3}, "checkpoint": {"every": 0}})
+    print(f"[5/6] aligning (DPO) on shakespeare-pairs for {steps} steps ...")
+    task = DPOTask(cfg)
+    summary = Trainer(cfg, task, stage="dpo").run()
+    acc = {}
+    for name, run in (("SFT", src), ("DPO", out)):
+        model = load_for_inference(run, task.env.device)[0]
+        with torch.no_grad():
+            lp = score_pairs(model, task.val_data, 8, 0, torch.autocast("cpu", enabled=False), task.env.device)
+        acc[name] = (lp[:, 0] > lp[:, 1]).float().mean().item()
+    print(f"held-out plays, {len(task.val_data)} pairs: the model prefers the real reply (higher log-prob) on "
+          f"{acc['SFT']:.0%} (SFT) -> {acc['DPO']:.0%} (DPO); DPO implicit-reward accuracy "
+          f"{summary['val_reward_accuracy']:.0%}, margin {summary['val_margin']:.3f}")
 
 
 def held_out_check(src: Path, task, k: int) -> None:

@@ -122,3 +122,32 @@ def play_of(conv: Conversation) -> str:
     if conv[0].role != "system" or " in " not in head:
         raise DataError(f"not a shakespeare-dialogue conversation (first turn {conv[0].role!r})")
     return head.rsplit(" in ", 1)[1].rstrip(".")
+
+
+PAIRS_SOURCE = "shakespeare-pairs"
+
+
+def dialogue_pairs(split: str = "train", max_speech_chars: int = 300, max_chars: int = 640) -> Iterator[dict]:
+    """Preference records (explicit form) from the plays: the prompt is a dialogue window without its last
+    speech, `chosen` that speech (the real reply), `rejected` the last speech of the window half the split
+    away (so from another scene, most often another play; the next window on when that is the same scene).
+
+    Deterministic; train and val pairs come from disjoint plays (VAL_PLAYS) like shakespeare-dialogue."""
+    if split not in SPLITS:
+        raise DataError(f"{PAIRS_SOURCE} split must be one of {', '.join(SPLITS)}, got {split!r}")
+    windows = []  # (scene key, conversation)
+    for path in shakespeare_files():
+        if (path.stem in VAL_PLAYS) == (split == "val"):
+            title, scenes = parse_play(path.read_text(encoding="utf-8"))
+            for k, scene in enumerate(scenes):
+                windows += [((path.stem, k), conv) for conv in
+                            scene_windows(title or path.stem, scene, max_speech_chars, max_chars)]
+    n = len(windows)
+    for i, (scene, conv) in enumerate(windows):
+        j = (i + n // 2) % n
+        while n > 1 and (windows[j][0] == scene or windows[j][1][-1].content == conv[-1].content):
+            j = (j + 1) % n  # another scene, and never the same text
+        if j == i:
+            continue  # a split of one scene has no "other scene"
+        prompt = [{"role": t.role, "content": t.content} for t in conv[:-1]]
+        yield {"prompt": prompt, "chosen": conv[-1].content, "rejected": windows[j][1][-1].content}

@@ -11,7 +11,8 @@ Two record forms (detected per record):
                   prompt is their longest common prefix of messages.
 
 Scores (``score_chosen`` / ``score_rejected``) are kept when present. Sources are those of
-banyan.data.chat (.jsonl, .json, .parquet, a folder, ``hf:NAME``); turns are parsed by its
+banyan.data.chat (.jsonl, .json, .parquet, a folder, ``hf:NAME``) and the embedded
+``shakespeare-pairs`` (banyan.data.dialogue: the real next speech against one from another scene); turns are parsed by its
 message reader. A bad record (missing field, empty content, a response that is not an assistant
 turn, chosen identical to rejected) is a `DataError` naming the file:line and field.
 
@@ -100,13 +101,22 @@ def to_pair(record: object, where: str) -> PrefPair:
                     _score(record, "score_rejected", where))
 
 
+def _records(source: str, split: str, hf_config: str, hf_data_files: str):
+    """(where, record) of a file/folder/hf: source, or of the embedded shakespeare-pairs (split train|val)."""
+    from banyan.data.dialogue import PAIRS_SOURCE, dialogue_pairs
+
+    if source == PAIRS_SOURCE:
+        return ((f"{PAIRS_SOURCE}[{split}] #{i}", r) for i, r in enumerate(dialogue_pairs(split)))
+    return raw_records(source, hf_config=hf_config, hf_split=split, hf_data_files=hf_data_files)
+
+
 def load_pairs(source: str, *, split: str = "train", hf_config: str = "", hf_data_files: str = "",
                max_pairs: int = 0) -> list[PrefPair]:
     """Every preference pair of `source` (a DataError at the first bad record, naming it)."""
     if not source.strip():
         raise DataError("preference data is empty; pass a .jsonl/.json/.parquet file or folder, or hf:NAME")
     pairs = []
-    for where, record in raw_records(source, hf_config=hf_config, hf_split=split, hf_data_files=hf_data_files):
+    for where, record in _records(source, split, hf_config, hf_data_files):
         try:
             pairs.append(to_pair(record, where))
         except RecordError as e:

@@ -45,6 +45,8 @@ class EvalConfig:
     """Also write the results as JSON to this file."""
     device: str = "auto"
     """Device to run on."""
+    record: bool = True
+    """Keep the results with a banyan run (RUN/evals/CHECKPOINT.json), where export's model card finds them."""
     out: str = "runs/eval"
     """Folder for the W&B run files when --log.wandb."""
     log: LogConfig = field(default_factory=lambda: LogConfig(tensorboard=False, plots=False))
@@ -59,6 +61,9 @@ class EvalModel:
     tok: Tokenizer
     chat_template: str | None
     name: str
+    run_dir: Path | None = None
+    """The banyan run folder the checkpoint sits in (None for an HF folder or a loose checkpoint)."""
+    ckpt: Path | None = None
 
 
 def load_eval_model(path: str | Path, device: torch.device) -> EvalModel:
@@ -73,17 +78,18 @@ def load_eval_model(path: str | Path, device: torch.device) -> EvalModel:
     if (path / "config.json").is_file():
         from banyan.model.hf import from_hf
 
-        model, tok_dir = from_hf(path), path
+        model, tok_dir, run_dir, ckpt = from_hf(path), path, None, None
     else:
         from banyan.export.source import load_source
 
         source = load_source(path)
-        model, tok_dir = source.model, source.tokenizer_file.parent
+        model, tok_dir, run_dir, ckpt = source.model, source.tokenizer_file.parent, source.run_dir, source.ckpt
     try:
         template = load_chat_template(tok_dir)
     except DataError:
         template = None
-    return EvalModel(model.to(device).eval(), load_tokenizer(tok_dir / "tokenizer.json"), template, path.name)
+    return EvalModel(model.to(device).eval(), load_tokenizer(tok_dir / "tokenizer.json"), template, path.name,
+                     run_dir, ckpt)
 
 
 # ----------------------------------------------------------------------------- metrics per task kind
@@ -207,6 +213,10 @@ def evaluate(cfg: EvalConfig) -> dict[str, dict[str, float]]:
         r = run_task(spec.strip(), em, scorer, cfg, device)
         dt = time.perf_counter() - t0
         results[spec.strip()] = r | {"seconds": dt, "items_per_s": r["items"] / dt if dt > 0 else float("nan")}
+    if cfg.record and em.run_dir is not None:
+        from banyan.eval.record import record_results
+
+        record_results(em.run_dir, em.ckpt, results, cfg.limit)
     return results
 
 

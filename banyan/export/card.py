@@ -2,7 +2,8 @@
 
 Front matter (YAML, read by the Hugging Face Hub): license, library_name, pipeline_tag, tags. Body:
 architecture, parameter count, training data, tokens seen, validation bits per byte (from trainer.json,
-summary.json, metrics.jsonl when present) and the checkpoint's training config as TOML.
+summary.json, metrics.jsonl when present), the `banyan eval` results recorded for the checkpoint
+(banyan.eval.record) and the checkpoint's training config as TOML.
 """
 
 from __future__ import annotations
@@ -55,6 +56,21 @@ def _facts(source: Source) -> list[tuple[str, str]]:
     return rows
 
 
+def eval_section(source: Source) -> str:
+    """'## Evaluation' with a table of what `banyan eval` recorded for this checkpoint ('' when nothing)."""
+    from banyan.eval.record import read_results
+
+    results = read_results(source.run_dir, source.ckpt)
+    rows = [f"| `{task}` | {metric} | {value:.4f} | {int(r.get('items', 0)):,} |"
+            for task, r in results.items() for metric, value in r.items()
+            if metric not in ("items", "limit") and isinstance(value, (int, float))]
+    if not rows:
+        return ""
+    head = ["## Evaluation", "", f"Measured with `banyan eval` on checkpoint `{source.ckpt.name}`:", "",
+            "| task | metric | value | items |", "|---|---|---|---|"]
+    return "\n".join(head + rows) + "\n\n"
+
+
 def model_card(source: Source, license_id: str, dtype: str) -> str:
     """The whole README.md text."""
     name = source.run_dir.name if source.run_dir else source.ckpt.name
@@ -83,7 +99,7 @@ model = AutoModelForCausalLM.from_pretrained("PATH")
 {usage}print(tok.decode(model.generate(ids, max_new_tokens=50)[0]))
 ```
 
-## Training config
+{eval_section(source)}## Training config
 
 ```toml
 {config}

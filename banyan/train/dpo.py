@@ -38,15 +38,18 @@ class PairDataSection:
     """Preference pairs and their held-out split (shared by the dpo and reward sections)."""
 
     data: str = ""
-    """Preference pairs: .jsonl/.json/.parquet file or folder, or hf:NAME (see banyan.data.prefs)."""
+    """Preference pairs: .jsonl/.json/.parquet file or folder, hf:NAME, or shakespeare-pairs (embedded;
+    see banyan.data.prefs)."""
     val_data: str = ""
-    """Held-out pairs; empty holds out val_fraction of `data`."""
+    """Held-out pairs; empty holds out val_fraction of `data` (shakespeare-pairs: its held-out plays)."""
     val_fraction: float = 0.1
     """Fraction of `data` held out for evaluation when val_data is empty (0: no held-out pairs)."""
     hf_split: str = "train"
     """Split of an hf: source (val_data reads the same split of its own source)."""
     max_pairs: int = 0
     """Read at most this many pairs from `data` (0: all)."""
+    max_val_pairs: int = 0
+    """Read at most this many pairs from `val_data` (or shakespeare-pairs' held-out plays; 0: all)."""
 
 
 @dataclass
@@ -88,14 +91,17 @@ def pair_metrics(chosen_rewards: torch.Tensor, rejected_rewards: torch.Tensor) -
 
 def open_pairs(cfg, section, tok, template: str, flag: str = "dpo"):
     """(train PairData, held-out PairData or None) from section.data / val_data / val_fraction."""
+    from banyan.data.dialogue import PAIRS_SOURCE
     from banyan.data.prefs import load_pairs
     from banyan.train.pairs import PairData, split_pairs
 
     if not section.data:
         raise ConfigError(f"no preference data: pass --{flag}.data PREFS (.jsonl/.json/.parquet or hf:NAME)")
     pairs = load_pairs(section.data, split=section.hf_split, max_pairs=section.max_pairs)
-    if section.val_data:
-        train, val = pairs, load_pairs(section.val_data, split=section.hf_split)
+    if section.data == PAIRS_SOURCE and not section.val_data:  # the embedded pairs hold out whole plays
+        train, val = pairs, load_pairs(PAIRS_SOURCE, split="val", max_pairs=section.max_val_pairs)
+    elif section.val_data:
+        train, val = pairs, load_pairs(section.val_data, split=section.hf_split, max_pairs=section.max_val_pairs)
     else:
         train, val = split_pairs(pairs, section.val_fraction)
     pad = tok.pad_id
@@ -124,6 +130,7 @@ class PairTask(Task):
     """What DPO and the reward model share: the chat source, the pairs, their batches and pair counts."""
 
     section_name = "dpo"
+    headline = ("val_loss", "val_reward_accuracy")
 
     def __init__(self, cfg):
         self.cfg, self.env = cfg, None

@@ -45,6 +45,7 @@ class Task(abc.ABC):
     """Base class of a training stage; see the module docstring for the contract."""
 
     name: str = "task"
+    headline: tuple[str, ...] = ("val_loss", "val_bpb")  # summary keys the run's last line shows
     tokenizer = None  # banyan.data.tokenizer.Tokenizer, when the stage has one
 
     def setup(self, cfg, env) -> None:

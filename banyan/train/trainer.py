@@ -344,8 +344,10 @@ class Trainer:
 
                 summary["plots"] = [str(p) for p in plot_run(self.out)]
             atomic_write_json(self.out / "summary.json", summary, indent=1)
+            shown = [f"{k.replace('_', ' ')} {summary[k]:.4f}" for k in self.task.headline
+                     if isinstance(summary.get(k), float) and math.isfinite(summary[k])]
             print(f"done: {self.step} steps, {self.state['tokens']:,} tokens in {summary['wall_s']}s; "
-                  f"val loss {summary['val_loss']:.4f}, val bpb {summary['val_bpb']:.4f}; outputs in {self.out}")
+                  f"{', '.join(shown) or 'no held-out evaluation'}; outputs in {self.out}")
         self.env.close()
         return summary
 

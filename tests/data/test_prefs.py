@@ -74,3 +74,37 @@ def test_bad_records_name_file_line_and_field(tmp_path, record, needle):
     with pytest.raises(DataError, match=needle) as e:
         load_pairs(str(path))
     assert f"{path}:2" in str(e.value)
+
+
+def test_shakespeare_pairs_real_reply_against_another_scene():
+    """The embedded pairs: chosen is the window's real last speech, rejected a different speech; train and
+    held-out pairs come from disjoint plays; the same pairs every time."""
+    from banyan.data.dialogue import VAL_PLAYS, dialogue_conversations, dialogue_pairs
+
+    val = load_pairs("shakespeare-pairs", split="val")
+    convs = list(dialogue_conversations("val"))
+    assert 0 < len(val) <= len(convs)
+    assert val[0].prompt == convs[0][:-1] and val[0].chosen == [convs[0][-1]]
+    assert all(p.chosen != p.rejected for p in val)
+    plays = {p.prompt[0].content.rsplit(" in ", 1)[1] for p in val}
+    train_plays = {p.prompt[0].content.rsplit(" in ", 1)[1] for p in load_pairs("shakespeare-pairs", max_pairs=3000)}
+    assert plays and not plays & train_plays and len(plays) <= len(VAL_PLAYS)
+    # rejected is a speech of another scene: never the reply of a window of the same scene
+    first = list(dialogue_pairs("val"))[:50]
+    assert first == list(dialogue_pairs("val"))[:50]
+    scene_replies = {c[-1].content for c in convs[:3]}
+    assert not {r["rejected"] for r in first[:3]} & scene_replies
+    with pytest.raises(DataError, match="split"):
+        next(dialogue_pairs("test"))
+
+
+def test_dpo_on_shakespeare_pairs_holds_out_the_val_plays(char_tok):
+    from banyan.train.dpo import DPOSection, open_pairs
+
+    class Cfg:
+        class train:
+            seq_len = 4096  # a character tokenizer: every pair fits
+
+    sec = DPOSection(data="shakespeare-pairs", max_pairs=20, max_val_pairs=7)
+    train, val = open_pairs(Cfg, sec, char_tok, DEFAULT_CHAT_TEMPLATE)
+    assert len(train) == 20 and len(val) == 7

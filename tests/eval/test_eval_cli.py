@@ -166,3 +166,24 @@ def test_model_that_is_not_a_model_exits_2(tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     assert cli(["eval", "--model", str(tmp_path / "empty"), "--tasks", "arc:x.jsonl"]) == 2
     assert "error" in capsys.readouterr().err
+
+
+def test_results_are_recorded_with_the_run_and_reach_the_model_card(setup, tmp_path):
+    from banyan.eval.record import read_results
+    from banyan.export.source import load_source
+
+    root, run, files = setup
+    spec = f"arc:{files['arc']}"
+    got = eval_json(tmp_path, "--model", str(run), "--tasks", spec, "--limit", "4")
+    src = load_source(run)
+    assert src.run_dir is not None
+    kept = read_results(src.run_dir, src.ckpt)[spec]
+    assert kept["acc"] == got[spec]["acc"] and kept["limit"] == 4 and "seconds" not in kept
+    eval_json(tmp_path, "--model", str(run), "--tasks", spec, "--limit", "2")  # same task again: replaced
+    assert read_results(src.run_dir, src.ckpt)[spec]["limit"] == 2
+    assert cli(["export", "hf", "--src", str(run), "--out", str(tmp_path / "hf")]) == 0
+    card = (tmp_path / "hf" / "README.md").read_text()
+    assert "## Evaluation" in card and f"| `{spec}` | acc |" in card
+    before = (src.run_dir / "evals").stat().st_mtime_ns
+    eval_json(tmp_path, "--model", str(tmp_path / "hf"), "--tasks", spec, "--limit", "2")  # an HF folder: no record
+    assert (src.run_dir / "evals").stat().st_mtime_ns == before
