@@ -128,11 +128,11 @@ def foreign_files(folder: str | os.PathLike, owned: set[str] | None = None) -> l
     return [n for n in _walk(Path(folder)) if n not in owned]
 
 
-def refuse_foreign(folder: Path, foreign: list[str], what: str) -> None:
-    """One line naming up to 5 files banyan did not write, when there are any."""
+def refuse_foreign(folder: Path, foreign: list[str], what: str, error: type[Exception] = IntegrityError) -> None:
+    """One line (an `error`) naming up to 5 files banyan did not write, when there are any."""
     if foreign:
         more = f" and {len(foreign) - 5} more" if len(foreign) > 5 else ""
-        raise IntegrityError(f"{what} '{folder}' holds files banyan did not write ({', '.join(foreign[:5])}{more}); "
+        raise error(f"{what} '{folder}' holds files banyan did not write ({', '.join(foreign[:5])}{more}); "
                              f"refusing to replace it; move them away or choose another --out")
 
 
@@ -144,12 +144,12 @@ def replace_contents(new: Path, final: Path, owned: set[str]) -> None:
     pending list names old and new files meanwhile, so a crash half-way leaves nothing that a later
     run would mistake for the user's files."""
     final.mkdir(parents=True, exist_ok=True)
-    incoming = _walk(new)
+    incoming = _walk(new) + ([NAME] if (new / NAME).is_file() else [])  # _walk leaves the manifest out
     atomic_write_json(final / ".manifest-pending.json", sorted(owned | set(incoming) | {NAME}), indent=None)
     (final / NAME).unlink(missing_ok=True)
     for rel in sorted(owned - {NAME}):
         (final / rel).unlink(missing_ok=True)
-    for rel in sorted(incoming, key=lambda n: n == NAME):  # the manifest last
+    for rel in incoming:  # the manifest last
         (final / rel).parent.mkdir(parents=True, exist_ok=True)
         os.replace(new / rel, final / rel)
     (final / ".manifest-pending.json").unlink()
