@@ -1,6 +1,6 @@
 """manifest.json: what banyan wrote into a folder (checkpoint, prepared data set, export), written last.
 
-    {"format": "banyan-manifest", "version": 1, "kind": "checkpoint" | "data" | "run",
+    {"format": "banyan-manifest", "version": 1, "kind": "checkpoint" | "data" | "run" | "export",
      "banyan_version": "0.1.0", "files": {"model.safetensors": {"size": 16777304, "sha256": "..."}, ...}}
 
 Names are relative to the folder (POSIX separators, sub-folders such as `dcp/` included). The
@@ -26,7 +26,7 @@ from banyan.io import atomic_write_json
 
 NAME = "manifest.json"
 FORMAT = "banyan-manifest"
-KINDS = ("checkpoint", "data", "run")
+KINDS = ("checkpoint", "data", "run", "export")
 # never listed and never foreign: the folder lock and in-flight bookkeeping of this module
 _INTERNAL = {NAME, ".lock", ".manifest-pending.json"}
 _CHUNK = 1 << 22  # hash 4 MiB at a time: bounded memory for multi-GB files
@@ -68,6 +68,18 @@ def write_manifest(folder: str | os.PathLike, kind: str, names: list[str] | None
     doc = {"format": FORMAT, "version": 1, "kind": kind, "banyan_version": __version__, **(extra or {}),
            "files": files}
     return atomic_write_json(folder / NAME, doc, indent=1)
+
+
+def add_files(folder: str | os.PathLike, names: list[str]) -> None:
+    """List (or re-list) `names` in FOLDER/manifest.json after banyan added them (a consolidated
+    model.safetensors in a checkpoint); a folder without a manifest stays without one."""
+    folder = Path(folder)
+    doc = read_manifest(folder)
+    if doc is None:
+        return
+    for rel in names:
+        doc["files"][rel] = {"size": (folder / rel).stat().st_size, "sha256": sha256_file(folder / rel)}
+    atomic_write_json(folder / NAME, doc, indent=1)
 
 
 def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
@@ -155,5 +167,5 @@ def replace_contents(new: Path, final: Path, owned: set[str]) -> None:
     (final / ".manifest-pending.json").unlink()
 
 
-__all__ = ["IntegrityError", "foreign_files", "owned_files", "read_manifest", "refuse_foreign", "replace_contents",
+__all__ = ["IntegrityError", "add_files", "foreign_files", "owned_files", "read_manifest", "refuse_foreign", "replace_contents",
            "sha256_file", "verify", "write_manifest"]

@@ -38,8 +38,9 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from banyan.errors import CheckpointError, ConfigError
 from banyan.config import ModelConfig, RunConfig, read_saved_config, to_dict, write_config
-from banyan.io import atomic_write_text, is_no_space, replace_dir
 from banyan import manifest
+from banyan.io import atomic_write_text, is_no_space, replace_dir
+from banyan.train import faults
 from banyan.model.lora import has_lora, is_adapter_name, lora_state_dict
 
 CKPT_DIR = "checkpoints"
@@ -133,6 +134,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+        faults.maybe_kill(step, 0, Path(run_dir), "killsave")  # BANYAN_FAULT=killsave@N: die half-written
         write_config(cfg, tmp / "config.toml")
         copy_tokenizer(tokenizer_file, tmp)
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))

@@ -38,6 +38,7 @@ from banyan.io import is_no_space
 from banyan.model.lora import has_lora, is_adapter_name
 from banyan.parallel.env import DistEnv
 from banyan.train import checkpoint as ckpt
+from banyan.train import faults
 from banyan.train.checkpoint import CheckpointError
 from banyan.train.safe_dcp import safe_reader
 
@@ -219,6 +220,7 @@ def _write_sharded(tmp: Path, final: Path, run_dir, step: int, par, optimizer, t
     state = {"model": model_state(par.raw, None), "optim": _optim_template(par.raw, optimizer, fqn_of)}
     dcp.save(state, checkpoint_id=str(tmp / DCP_DIR))
     torch.save(ckpt.rng_state(), tmp / f"rng_rank{env.rank}.pt")
+    faults.maybe_kill(step, env.rank, Path(run_dir), "killsave")
     env.barrier()
     if not env.is_main:
         return None

@@ -1,5 +1,6 @@
 """Fault injection for resilience tests: `BANYAN_FAULT=kill@12` (SIGKILL this process after step 12),
-`kill@12:rank1` (only on rank 1), `nan@5` (poison the loss from step 5 on).
+`kill@12:rank1` (only on rank 1), `killsave@12` (SIGKILL while checkpoint 12 is half-written: this
+rank's files on disk, no manifest yet), `nan@5` (poison the loss from step 5 on).
 
 Each `kill` fires once per output folder (a marker file records it), so a job restarted by
 torchrun's --max-restarts, or resumed by hand, runs through the same step the second time.
@@ -21,9 +22,9 @@ def _spec() -> tuple[str, int, int | None] | None:
     return kind, int(step), int(rank) if rank else None
 
 
-def maybe_kill(step: int, rank: int, out: Path) -> None:
+def maybe_kill(step: int, rank: int, out: Path, kind: str = "kill") -> None:
     spec = _spec()
-    if not spec or spec[0] != "kill" or step != spec[1] or (spec[2] is not None and spec[2] != rank):
+    if not spec or spec[0] != kind or step != spec[1] or (spec[2] is not None and spec[2] != rank):
         return
     marker = Path(out) / f".fault-fired-rank{rank}"
     if marker.exists():

@@ -45,3 +45,21 @@ def resume_point(data, out) -> int:
     trainer.logger.close()
     trainer.release()
     return trainer.step
+
+
+def cli_flags(data, out) -> list[str]:
+    """tiny_cfg as `banyan pretrain` flags: the whole config as a TOML file (no preset leaks in)."""
+    import tomli_w
+
+    from banyan.config import to_dict
+
+    path = out.parent / f"{out.name}.toml"
+    path.write_text(tomli_w.dumps(to_dict(tiny_cfg(data, out))))
+    return ["pretrain", "--config", str(path)]
+
+
+def losses(out) -> dict[int, float]:
+    import json
+
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    return {r["step"]: r["loss"] for r in rows if r.get("loss") is not None}

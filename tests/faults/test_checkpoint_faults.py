@@ -113,3 +113,19 @@ def test_a_live_writers_temp_folder_is_kept(tmp_path):
     live = tmp_path / f"step_000004.tmp-{os.getppid()}"
     live.mkdir()
     assert remove_stale_temps(tmp_path, "step_*") == [] and live.exists()
+
+
+def test_sigkill_mid_checkpoint_keeps_the_previous_one_and_resumes_exactly(tiny_data, stopped_run, tmp_path):
+    from faultkit import cli_flags, losses
+
+    out = tmp_path / "killed"
+    env = {**os.environ, "BANYAN_FAULT": "killsave@8", "PYTHONPATH": os.pathsep.join(sys.path)}
+    r = subprocess.run([sys.executable, "-m", "banyan", *cli_flags(tiny_data, out)], env=env, capture_output=True,
+                       text=True, timeout=300)
+    assert r.returncode == -9, r.stderr[-2000:]  # SIGKILLed inside the step-8 checkpoint
+    root = out / "checkpoints"
+    assert (root / "latest").read_text() == "step_000004" and list(root.glob("step_000008.tmp-*"))
+    assert resume(tiny_data, out)["step"] == 12
+    assert not list(root.glob("*.tmp-*"))
+    want, got = losses(stopped_run), losses(out)
+    assert sorted(got) == list(range(1, 13)) and all(got[s] == want[s] for s in range(5, 9))  # exact replay
