@@ -24,3 +24,20 @@ def test_sigkill_mid_checkpoint_then_exact_resume(dist_data, reference, tmp_path
     assert_traj(losses(out), losses(reference))
     assert json.loads((out / "summary.json").read_text())["step"] == STEPS
     assert read_manifest(root / "step_000010")["files"]["dcp/.metadata"]["size"] > 0
+    _consolidate_keeps_the_manifest_true(root / "step_000010", tmp_path)
+
+
+def _consolidate_keeps_the_manifest_true(ck, tmp_path):
+    from banyan.train.checkpoint import CheckpointError, verify_checkpoint
+    from banyan.train.consolidate import consolidate
+
+    notes = tmp_path / "notes.txt"
+    notes.write_text("mine")
+    with pytest.raises(CheckpointError, match="exists and is not a safetensors file; refusing to replace it"):
+        consolidate(ck, notes)
+    with pytest.raises(CheckpointError, match="is a folder; give a file name"):
+        consolidate(ck, tmp_path)
+    assert notes.read_text() == "mine"
+    consolidate(ck)  # in place: the manifest lists the new model.safetensors, so the folder still verifies
+    assert "model.safetensors" in read_manifest(ck)["files"]
+    verify_checkpoint(ck)
