@@ -1,16 +1,8 @@
-"""Fixtures for the fault suite: a tiny prepared corpus and one finished run to copy and damage."""
+"""Fixtures for the fault suite: one stopped run to copy and damage (tiny_data: tests/conftest.py)."""
 
 import shutil
 
 import pytest
-
-TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
-        "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
-
-
-@pytest.fixture(scope="session")
-def tiny_data(make_char_corpus):
-    return make_char_corpus("faults-corpus", TEXT, 50)
 
 
 @pytest.fixture(scope="session")

@@ -84,18 +84,11 @@ def test_out_must_stay_apart_from_the_source(tmp_path, where):
     assert listing(src) == [f"doc{i}.txt" for i in range(6)]
 
 
-def test_a_second_prepare_into_a_busy_folder_names_the_holder(tmp_path):
+def test_a_second_prepare_into_a_busy_folder_names_the_holder(tmp_path, lock_holder):
     out = tmp_path / "data"
-    holder = subprocess.Popen([sys.executable, "-c", "import time; from banyan.io import FolderLock; "
-                               f"FolderLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        with pytest.raises(BanyanError, match=f"data folder '{out}' is in use by pid {holder.pid}"):
-            run(corpus(tmp_path / "c"), out)
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = lock_holder(out)
+    with pytest.raises(BanyanError, match=f"data folder '{out}' is in use by pid {holder.pid}"):
+        run(corpus(tmp_path / "c"), out)
     assert not (out / "meta.json").exists()
 
 
