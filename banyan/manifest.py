@@ -93,7 +93,18 @@ def read_manifest(folder: str | os.PathLike) -> dict[str, Any] | None:
         raise IntegrityError(f"{path}: invalid JSON ({e})") from None
     if not isinstance(doc, dict) or doc.get("format") != FORMAT or not isinstance(doc.get("files"), dict):
         raise IntegrityError(f"{path}: not a banyan manifest (expected format {FORMAT!r} with a 'files' table)")
+    bad = [rel for rel in doc["files"] if not safe_name(rel)]
+    if bad:  # a name like ../x would let an --overwrite remove files outside the folder
+        raise IntegrityError(f"{path}: file name {bad[0]!r} is not a plain relative path inside the folder")
     return doc
+
+
+def safe_name(rel: Any) -> bool:
+    """A relative POSIX name that stays inside its folder (no '..', '.', empty part, backslash or leading /)."""
+    if not isinstance(rel, str):
+        return False
+    parts = rel.split("/")
+    return bool(rel) and not rel.startswith("/") and "\\" not in rel and all(p not in ("", ".", "..") for p in parts)
 
 
 def verify(folder: str | os.PathLike, hashes: bool = True, skip_hash: tuple[str, ...] = (),
@@ -128,7 +139,7 @@ def owned_files(folder: str | os.PathLike) -> set[str]:
     pending = folder / ".manifest-pending.json"
     if pending.is_file():
         try:
-            owned |= set(json.loads(pending.read_text(encoding="utf-8")))
+            owned |= {rel for rel in json.loads(pending.read_text(encoding="utf-8")) if safe_name(rel)}
         except (json.JSONDecodeError, UnicodeDecodeError, TypeError):
             pass  # a torn pending list protects nothing extra: its files then count as foreign
     return owned
@@ -167,5 +178,5 @@ def replace_contents(new: Path, final: Path, owned: set[str]) -> None:
     (final / ".manifest-pending.json").unlink()
 
 
-__all__ = ["IntegrityError", "add_files", "foreign_files", "owned_files", "read_manifest", "refuse_foreign", "replace_contents",
-           "sha256_file", "verify", "write_manifest"]
+__all__ = ["IntegrityError", "add_files", "foreign_files", "owned_files", "read_manifest", "refuse_foreign",
+           "replace_contents", "safe_name", "sha256_file", "verify", "write_manifest"]

@@ -55,7 +55,7 @@ def owned_data_files(out: Path) -> set[str]:
         shards = [name for split in meta.get("splits", {}).values() for name in split.get("shards", [])]
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError, TypeError):
         return set()
-    return {"meta.json", "tokenizer.json", "tokenizer_config.json", *shards}
+    return {"meta.json", "tokenizer.json", "tokenizer_config.json", *filter(manifest.safe_name, shards)}
 
 
 def check_out(out: Path, overwrite: bool) -> set[str]:

@@ -61,7 +61,8 @@ def test_an_existing_set_needs_overwrite_and_only_its_files_are_replaced(tmp_pat
     assert len(old_shards) > 1 and again["splits"]["train"]["shards"] == ["train_000000.bin"]
     assert sorted(n for n in listing(out) if n.endswith(".bin")) == ["train_000000.bin", "val_000000.bin"]
     assert (out / ".lock").is_file() and read_meta(out)["created"] == again["created"]
-    assert sorted(json.loads((out / "manifest.json").read_text())["files"]) == [n for n in listing(out) if n not in (".lock", "manifest.json")]
+    listed = json.loads((out / "manifest.json").read_text())["files"]
+    assert sorted(listed) == [n for n in listing(out) if n not in (".lock", "manifest.json")]
 
 
 def test_a_folder_prepared_before_manifests_is_replaced_by_its_meta_json(tmp_path, capsys):
@@ -131,3 +132,16 @@ def test_a_data_file_that_differs_from_the_manifest_is_refused_on_load(tmp_path)
     shard.write_bytes(shard.read_bytes()[:-2])
     with pytest.raises(IntegrityError, match=r"val_000000.bin has \d+ bytes, manifest.json says"):
         TokenLoader(out, "val", seq_len=8, micro_batch=1, seed=0)
+
+
+def test_a_manifest_naming_files_outside_its_folder_is_refused(tmp_path):
+    src, out = corpus(tmp_path / "c"), tmp_path / "data"
+    run(src, out)
+    victim = tmp_path / "victim.txt"
+    victim.write_text("keep me")
+    doc = json.loads((out / "manifest.json").read_text())
+    doc["files"]["../victim.txt"] = {"size": 7, "sha256": "0" * 64}
+    (out / "manifest.json").write_text(json.dumps(doc))
+    with pytest.raises(IntegrityError, match=r"file name '../victim.txt' is not a plain relative path"):
+        run(src, out, overwrite=True)
+    assert victim.read_text() == "keep me"
