@@ -134,7 +134,7 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
         if optimizer is not None:
             torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(rng_state(), tmp / "rng.pt")
-        faults.maybe_kill(step, 0, Path(run_dir), "killsave")  # BANYAN_FAULT=killsave@N: die half-written
+        faults.maybe_kill_mid_save(step, 0, Path(run_dir))  # BANYAN_FAULT=killsave@N: die half-written
         write_config(cfg, tmp / "config.toml")
         copy_tokenizer(tokenizer_file, tmp)
         (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))

@@ -220,7 +220,7 @@ def _write_sharded(tmp: Path, final: Path, run_dir, step: int, par, optimizer, t
     state = {"model": model_state(par.raw, None), "optim": _optim_template(par.raw, optimizer, fqn_of)}
     dcp.save(state, checkpoint_id=str(tmp / DCP_DIR))
     torch.save(ckpt.rng_state(), tmp / f"rng_rank{env.rank}.pt")
-    faults.maybe_kill(step, env.rank, Path(run_dir), "killsave")
+    faults.maybe_kill_mid_save(step, env.rank, Path(run_dir))
     env.barrier()
     if not env.is_main:
         return None

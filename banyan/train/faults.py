@@ -22,7 +22,17 @@ def _spec() -> tuple[str, int, int | None] | None:
     return kind, int(step), int(rank) if rank else None
 
 
-def maybe_kill(step: int, rank: int, out: Path, kind: str = "kill") -> None:
+def maybe_kill(step: int, rank: int, out: Path) -> None:
+    """`kill@N`: SIGKILL after step N (called by the Trainer after the step's checkpoint)."""
+    _fire("kill", step, rank, out)
+
+
+def maybe_kill_mid_save(step: int, rank: int, out: Path) -> None:
+    """`killsave@N`: SIGKILL while checkpoint N is half-written (called by the checkpoint writers)."""
+    _fire("killsave", step, rank, out)
+
+
+def _fire(kind: str, step: int, rank: int, out: Path) -> None:
     spec = _spec()
     if not spec or spec[0] != kind or step != spec[1] or (spec[2] is not None and spec[2] != rank):
         return
