@@ -28,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
     from banyan.data.prepare import PrepareConfig, prepare
 
     data = Path(args.data)
-    wanted = PrepareConfig(out=str(data))
+    wanted = PrepareConfig(out=str(data), overwrite=True)  # re-made when the tokenizer spec changed
     if _prepared_spec(data) != wanted.tokenizer:
         print(f"[1/6] preparing the embedded Shakespeare corpus ({wanted.tokenizer}) into {data} ...")
         prepare(wanted)

@@ -28,8 +28,12 @@ class CheckpointError(ConfigError):
     """A missing, incomplete or incompatible checkpoint."""
 
 
+class IntegrityError(BanyanError):
+    """A folder whose files do not match its manifest.json (missing, truncated, altered)."""
+
+
 class TrainingDiverged(BanyanError):
     """Too many non-finite losses in a row."""
 
 
-__all__ = ["BanyanError", "CheckpointError", "ConfigError", "DataError", "ShardError", "TrainingDiverged"]
+__all__ = ["BanyanError", "CheckpointError", "ConfigError", "DataError", "IntegrityError", "ShardError", "TrainingDiverged"]

@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Callable
@@ -114,8 +115,8 @@ def save_figure(fig: Any, path: str | os.PathLike, dpi: int = 110) -> Path:
     return Path(path)
 
 
-__all__ = ["atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "replace_dir", "save_figure",
-           "temp_name"]
+__all__ = ["FolderLock", "atomic_path", "atomic_write_bytes", "atomic_write_json", "atomic_write_text", "is_no_space",
+           "remove_stale_temps", "replace_dir", "save_figure", "temp_name"]
 
 
 class FolderLock:
@@ -146,6 +147,7 @@ class FolderLock:
         os.ftruncate(fd, 0)
         os.write(fd, str(os.getpid()).encode())
         self._fd = fd
+        self.acquired_at = time.time()  # temp folders older than this cannot belong to a live writer
         return self
 
     def release(self) -> None:
@@ -158,3 +160,61 @@ class FolderLock:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def is_no_space(exc: BaseException) -> bool:
+    """Whether `exc` (or an error it wraps: `raise ... from`, DCP's per-rank failures) is a full disk."""
+    import errno
+
+    seen, todo = set(), [exc]
+    while todo:
+        e = todo.pop()
+        if e is None or id(e) in seen:
+            continue
+        seen.add(id(e))
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            return True
+        if "No space left on device" in str(e):  # torch's C++ writers raise RuntimeError with the text
+            return True
+        # DCP's CheckpointException: failures = {rank: (exception, traceback)}
+        wrapped = [v[0] if isinstance(v, tuple) else v for v in (getattr(e, "failures", None) or {}).values()]
+        todo += [e.__cause__, e.__context__, *[v for v in wrapped if isinstance(v, BaseException)]]
+    return False
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def remove_stale_temps(parent: str | os.PathLike, pattern: str, older_than: float | None = None) -> list[Path]:
+    """Remove temp folders/files `parent/pattern` (names ending in `.tmp-PID`, `.tmpPID`, `.oldPID`,
+    `.old-PID` or `.tmp-dcp`) left by a killed writer: its PID is not alive, or the entry is older
+    than `older_than` (the caller's lock time: every writer holds the lock, so it cannot be live).
+    Prints one line per removal; returns what was removed."""
+    import re
+
+    removed = []
+    for p in sorted(Path(parent).glob(pattern)):
+        m = re.search(r"\.(?:tmp|old)-?(\d+|dcp)(?:\.\w+)?$", p.name)
+        if not m or (m.group(1) != "dcp" and int(m.group(1)) == os.getpid()):
+            continue
+        dead = m.group(1) != "dcp" and not _pid_alive(int(m.group(1)))
+        try:
+            old = older_than is not None and p.lstat().st_mtime < older_than
+        except FileNotFoundError:
+            continue
+        if not (dead or old):
+            continue
+        if p.is_dir() and not p.is_symlink():
+            shutil.rmtree(p, ignore_errors=True)
+        else:
+            p.unlink(missing_ok=True)
+        removed.append(p)
+        print(f"removed stale temporary {p} (left by an interrupted writer)", flush=True)
+    return removed

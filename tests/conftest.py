@@ -42,3 +42,38 @@ def make_char_corpus(tmp_path_factory):
         return out
 
     return make
+
+
+TINY_TEXT = ("First Citizen:\nBefore we proceed any further, hear me speak.\n\nAll:\nSpeak, speak.\n\n"
+             "First Citizen:\nYou are all resolved rather to die than to famish?\n\n") * 40
+
+
+@pytest.fixture(scope="session")
+def tiny_data(make_char_corpus):
+    """A tiny prepared char-level corpus (trainer and fault tests)."""
+    return make_char_corpus("corpus", TINY_TEXT, 50)
+
+
+@pytest.fixture
+def lock_holder():
+    """Factory: another process that holds banyan.io.FolderLock on `folder` (until it is killed, or the test
+    ends); returns its Popen."""
+    import subprocess
+    import sys
+
+    procs = []
+
+    def hold(folder) -> subprocess.Popen:
+        p = subprocess.Popen([sys.executable, "-c", "import time; from banyan.io import FolderLock; "
+                              f"FolderLock({str(folder)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
+                             stdout=subprocess.PIPE, text=True)
+        procs.append(p)
+        assert p.stdout.readline().strip() == "locked"
+        return p
+
+    yield hold
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+        p.wait()
+        p.stdout.close()

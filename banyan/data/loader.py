@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from banyan.data import DataError
+from banyan.data.folder import verify_data_folder
 from banyan.data.shards import META_FORMAT, open_shard
 
 
@@ -56,6 +57,7 @@ class TokenLoader:
             raise DataError(f"seed must be >= 0, got {seed}")
         self.data_dir = Path(data_dir)
         self.meta = read_meta(self.data_dir)
+        verify_data_folder(self.data_dir)  # sizes of all files, hashes of the small ones (shards: CRC on open)
         splits = self.meta.get("splits", {})
         if split not in splits:
             raise DataError(f"{self.data_dir}/meta.json has no split '{split}' (splits: {', '.join(splits)})")

@@ -8,20 +8,21 @@ Output folder layout::
     train_000000.bin ...    token shards (banyan.data.shards), each at most `shard_tokens` ids
     val_000000.bin ...
     meta.json               tokenizer spec/ids, dtype, per-split docs/tokens/bytes/shards, source, timing
+    manifest.json           sizes and SHA-256 of all of the above (banyan.manifest), written last
 
 Token layout: every document's tokens followed by one ``<|eos|>``; no ``<|bos|>`` (the previous
 document's EOS already marks the boundary, and a random window then never wastes a position).
 Train/val is split by document with a hash of (seed, document index), so the split is a pure
 function of the seed and the source order; if the draw leaves a split empty, the last document of
-the other split moves over. Everything is written into a temporary sibling folder that is renamed
-to `out` only after meta.json is complete, so an interrupted run never leaves a folder that looks done.
+the other split moves over. Everything is written into a temporary sibling folder whose files move
+into `out` only after meta.json and manifest.json are complete, so an interrupted run never leaves a
+folder that looks done; what `out` may hold and when it is replaced: banyan.data.folder.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import datetime as dt
-import json
+import contextlib
+import glob
 import os
 import shutil
 import sys
@@ -35,13 +36,14 @@ import numpy as np
 
 from banyan.data import DataError
 from banyan.data.chat_template import write_tokenizer_config
-from banyan.data.shards import META_FORMAT, ShardWriter, dtype_for_vocab
+from banyan.data.shards import ShardWriter
 from banyan.data.sources import SourceStats, describe, iter_documents
 from banyan.data.tokenizer import Tokenizer, build_tokenizer, parse_spec
-from banyan.io import atomic_write_json, replace_dir
+from banyan.data.folder import check_out, check_source_apart
+from banyan.data.prepare_meta import build_meta, print_summary
+from banyan.io import FolderLock, atomic_write_json, is_no_space, remove_stale_temps
+from banyan.manifest import replace_contents, write_manifest
 
-META_VERSION = 1
-LAYOUT = "each document's tokens followed by <|eos|>; no <|bos|>"
 
 
 @dataclass
@@ -51,7 +53,10 @@ class PrepareConfig:
     source: str = ""
     """Text source: empty = embedded Shakespeare; a .txt/.md/.jsonl/.parquet file or folder; or hf:NAME."""
     out: str = "data/shakespeare"
-    """Output folder (tokenizer.json, meta.json, train_*.bin, val_*.bin); replaced if it holds a prepared set."""
+    """Output folder (tokenizer.json, meta.json, train_*.bin, val_*.bin, manifest.json); not the source, and
+    holding nothing banyan did not write."""
+    overwrite: bool = False
+    """Replace a prepared set already in --out (only the files its manifest lists are removed)."""
     tokenizer: str = "bpe:4096"
     """bpe:N (byte-level BPE with N ids), char, or a tokenizer.json / prepared data folder to reuse."""
     text_field: str = "text"
@@ -245,9 +250,7 @@ def _check(cfg: PrepareConfig) -> Path:
         raise DataError(f"shard_tokens must be > 0, got {cfg.shard_tokens}")
     parse_spec(cfg.tokenizer)  # fail on a bad spec before reading any data
     out = Path(cfg.out).expanduser()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "meta.json").is_file())):
-        raise DataError(f"{out} exists and is not a prepared data folder (no meta.json); "
-                        "refusing to replace it; choose another --out")
+    check_source_apart(out, cfg.source)
     return out
 
 
@@ -318,61 +321,55 @@ def _write_splits(cfg: PrepareConfig, tok, folder: Path) -> tuple[dict, SourceSt
 
 
 def prepare(cfg: PrepareConfig) -> dict:
-    """Run the whole pipeline into `cfg.out`; returns the meta dict (also written as meta.json)."""
-    from banyan.config import git_commit
+    """Run the whole pipeline into `cfg.out`; returns the meta dict (also written as meta.json).
 
+    The folder is locked for the whole run (a second prepare into it gets one line naming this pid)."""
     out = _check(cfg)
-    t0 = time.perf_counter()
-    tok = _train_tokenizer(cfg)
-    t_tok = time.perf_counter() - t0
-    vocab = tok.vocab_size
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    check_out(out, cfg.overwrite)  # before the lock file exists: a refused folder is left exactly as it was
+    created = not out.exists()
+    lock = FolderLock(out, "data folder").acquire()
     try:
-        tok.save(tmp)
-        write_tokenizer_config(tmp, tok)
-        split_meta, stats, t_enc, workers = _write_splits(cfg, tok, tmp)
-        text_bytes = sum(m["bytes"] for m in split_meta.values())
-        elapsed = time.perf_counter() - t0
-        meta = {
-            "format": META_FORMAT, "format_version": META_VERSION,
-            "created": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-            "banyan_commit": git_commit(),
-            "source": describe(cfg.source),
-            "tokenizer": {"spec": cfg.tokenizer, "kind": tok.kind, "file": "tokenizer.json",
-                          "special_ids": tok.special_ids},
-            "vocab_size": vocab, "bos_id": tok.bos_id, "eos_id": tok.eos_id, "pad_id": tok.pad_id,
-            "dtype": dtype_for_vocab(vocab).name, "layout": LAYOUT,
-            "splits": split_meta,
-            "skipped": {"invalid": stats.skipped_invalid, "empty": stats.skipped_empty, "examples": stats.examples},
-            "stopped_at_cap": stats.truncated,
-            "timing": {"tokenizer_s": round(t_tok, 3), "tokenize_s": round(t_enc, 3), "elapsed_s": round(elapsed, 3),
-                       "tokenize_mb_s": round(text_bytes / 1e6 / max(t_enc, 1e-9), 3), "workers": workers},
-            "config": dataclasses.asdict(cfg),
-        }
-        atomic_write_json(tmp / "meta.json", meta)
-        replace_dir(tmp, out)  # an earlier prepared set in `out` is replaced only now, when complete
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    _print_summary(meta, out)
+        owned = check_out(out, cfg.overwrite)  # again under the lock: another prepare may have just finished
+        remove_stale_temps(out.parent, glob.escape(f".{out.name}") + ".tmp-*", older_than=lock.acquired_at)
+        meta = _prepare_into(cfg, out, owned)
+    except BaseException:
+        lock.release()
+        if created:  # leave no empty folder behind that we made only to lock it
+            (out / ".lock").unlink(missing_ok=True)
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
+    lock.release()
+    print_summary(meta, out)
     return meta
 
 
-def _print_summary(meta: dict, out: Path) -> None:
-    t = meta["timing"]
-    sk = meta["skipped"]
-    print(f"prepared {meta['source']} -> {out}  (tokenizer {meta['tokenizer']['spec']}, vocab {meta['vocab_size']}, "
-          f"{meta['dtype']})")
-    for name, s in meta["splits"].items():
-        print(f"  {name:5s} {s['docs']:>9,d} docs {s['tokens']:>13,d} tokens {s['bytes'] / 1e6:9.2f} MB text "
-              f"{s['bytes'] / max(s['tokens'], 1):5.2f} bytes/token  {len(s['shards'])} shard(s)")
-    if sk["invalid"] or sk["empty"]:
-        print(f"  skipped {sk['invalid']} invalid, {sk['empty']} empty documents" +
-              (f"; first: {sk['examples'][0]}" if sk["examples"] else ""))
-    print(f"  tokenizer {t['tokenizer_s']:.1f}s, tokenize {t['tokenize_s']:.1f}s at {t['tokenize_mb_s']:.2f} MB/s "
-          f"({t['workers']} workers), total {t['elapsed_s']:.1f}s")
+def _prepare_into(cfg: PrepareConfig, out: Path, owned: set[str]) -> dict:
+    """Tokenizer + shards into a temp sibling folder, then its files replace the `owned` ones of `out`."""
+    t0 = time.perf_counter()
+    tok = _train_tokenizer(cfg)
+    t_tok = time.perf_counter() - t0
+    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        tmp.mkdir()
+        tok.save(tmp)
+        write_tokenizer_config(tmp, tok)
+        split_meta, stats, t_enc, workers = _write_splits(cfg, tok, tmp)
+        meta = build_meta(cfg, tok, split_meta, stats, {"tokenizer_s": t_tok, "tokenize_s": t_enc, "t0": t0,
+                                                  "workers": workers})
+        atomic_write_json(tmp / "meta.json", meta)
+        write_manifest(tmp, "data")  # last: lists (and hashes) every file above
+        replace_contents(tmp, out, owned)  # an earlier prepared set in `out` is replaced only now, when complete
+    except BaseException as e:
+        if is_no_space(e):
+            kept = "the previous prepared set is intact" if owned else "nothing was written to it"
+            raise DataError(f"no space left on device while writing data folder {out}; {kept} "
+                            f"(temporary files removed)") from None
+        raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return meta
 
 
 def main(argv: list[str] | None = None) -> int:

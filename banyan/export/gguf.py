@@ -150,6 +150,11 @@ def _hparams(source: Source, writer, dtype: str) -> None:
     writer.add_file_type(ftype)
 
 
+def _magic(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(4)
+
+
 def export_gguf(cfg: ExportGGUFConfig) -> Path:
     """Write the GGUF file for `cfg.src` at `cfg.out`; returns its path."""
     import gguf
@@ -157,6 +162,8 @@ def export_gguf(cfg: ExportGGUFConfig) -> Path:
     out = check_target(cfg)
     if out.is_dir():
         raise ConfigError(f"--out '{out}' is a folder; give a file name such as {out / 'model.gguf'}")
+    if out.is_file() and _magic(out) != b"GGUF":  # --overwrite replaces only a GGUF file
+        raise ConfigError(f"--out '{out}' is not a GGUF file (banyan did not write it); refusing to replace it")
     source = load_source(cfg.src)
     _check(source)
     specials = special_tokens(source)

@@ -11,6 +11,7 @@ downstream sees one plain model with HF names.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
 import os
 import shutil
@@ -22,7 +23,9 @@ from typing import Any
 import torch.nn as nn
 
 from banyan.config import RunConfig, read_saved_config
-from banyan.errors import CheckpointError, ConfigError
+from banyan import manifest
+from banyan.errors import BanyanError, CheckpointError, ConfigError
+from banyan.io import is_no_space, remove_stale_temps
 from banyan.train.checkpoint import CKPT_DIR, TOKENIZER_CONFIG, load_checkpoint, read_trainer_state, resolve_checkpoint
 
 
@@ -138,6 +141,8 @@ def check_target(cfg: ExportConfig) -> Path:
     target, source = out.resolve(), Path(cfg.src).resolve()
     if target == source or target in source.parents:
         raise ConfigError(f"output '{out}' contains the source '{cfg.src}'; choose another --out")
+    if out.is_dir():  # --overwrite replaces a folder only when banyan wrote every file in it (its manifest)
+        manifest.refuse_foreign(out, manifest.foreign_files(out), "--out", ConfigError)
     return out
 
 
@@ -146,12 +151,15 @@ def staged(out: Path, folder: bool = True) -> Iterator[Path]:
     """Yield a temp path next to `out` (a folder, or a file name); on success rename it to `out`,
     replacing an existing one in two renames; on any error remove it, leaving `out` as it was."""
     out.parent.mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(out.parent, glob.escape(f".{out.name}") + ".*")  # of killed exports (dead PIDs)
     tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}")
     _remove(tmp)
-    if folder:
-        tmp.mkdir()
     try:
+        if folder:
+            tmp.mkdir()
         yield tmp
+        if folder:
+            manifest.write_manifest(tmp, "export")  # last: what a later --overwrite may replace
         if out.exists():
             old = out.with_name(f".{out.name}.old-{os.getpid()}")
             os.replace(out, old)
@@ -159,6 +167,12 @@ def staged(out: Path, folder: bool = True) -> Iterator[Path]:
             _remove(old)
         else:
             os.replace(tmp, out)
+    except BaseException as e:
+        if is_no_space(e):
+            kept = f"the existing {out} is intact" if out.exists() else "nothing was written"
+            raise BanyanError(f"no space left on device while writing export {out}; {kept} "
+                              f"(temporary files removed)") from None
+        raise
     finally:
         _remove(tmp)
 

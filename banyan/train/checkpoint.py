@@ -12,11 +12,14 @@ Layout of one checkpoint (everything a resume or an export needs, nothing pickle
         config.toml         the resolved run config (+ git commit)
         tokenizer.json      copied from the data folder, so `banyan sample` needs only this folder
         tokenizer_config.json  copied too when the data folder has one (chat template, special tokens)
+        manifest.json       sizes and SHA-256 of all the above (banyan.manifest), written last;
+                            a load verifies it first, so a torn or altered file is never loaded
     OUT/checkpoints/latest  name of the newest complete checkpoint, updated last
 
 A checkpoint is first written to `step_000100.tmp-PID` and renamed into place, so a crash
 mid-write leaves the previous checkpoint (and `latest`) untouched. Older ones beyond
-`keep_last` are deleted only after the new one is complete.
+`keep_last` are deleted only after the new one is complete. A write that fails (a full disk)
+removes its temp folder and says which checkpoint is still intact.
 """
 
 from __future__ import annotations
@@ -35,7 +38,9 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from banyan.errors import CheckpointError, ConfigError
 from banyan.config import ModelConfig, RunConfig, read_saved_config, to_dict, write_config
-from banyan.io import atomic_write_text, replace_dir
+from banyan import manifest
+from banyan.io import atomic_write_text, is_no_space, replace_dir
+from banyan.train import faults
 from banyan.model.lora import has_lora, is_adapter_name, lora_state_dict
 
 CKPT_DIR = "checkpoints"
@@ -120,18 +125,34 @@ def save_checkpoint(run_dir: str | Path, step: int, model: nn.Module, optimizer:
     final = root / f"step_{step:06d}"
     tmp = root / f"step_{step:06d}.tmp-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    if has_lora(model):  # the frozen base is not written again: adapters + a pointer (trainer_state)
-        save_file({k: v.contiguous() for k, v in lora_state_dict(model).items()}, str(tmp / ADAPTERS))
-    else:
-        save_model(model, str(tmp / "model.safetensors"))
-    if optimizer is not None:
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-    torch.save(rng_state(), tmp / "rng.pt")
-    write_config(cfg, tmp / "config.toml")
-    copy_tokenizer(tokenizer_file, tmp)
-    (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
-    return publish_checkpoint(tmp, final, run_dir, keep_last)
+    try:
+        tmp.mkdir()
+        if has_lora(model):  # the frozen base is not written again: adapters + a pointer (trainer_state)
+            save_file({k: v.contiguous() for k, v in lora_state_dict(model).items()}, str(tmp / ADAPTERS))
+        else:
+            save_model(model, str(tmp / "model.safetensors"))
+        if optimizer is not None:
+            torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        torch.save(rng_state(), tmp / "rng.pt")
+        faults.maybe_kill_mid_save(step, 0, Path(run_dir))  # BANYAN_FAULT=killsave@N: die half-written
+        write_config(cfg, tmp / "config.toml")
+        copy_tokenizer(tokenizer_file, tmp)
+        (tmp / "trainer.json").write_text(json.dumps({"step": step, **trainer_state}, indent=1))
+        manifest.write_manifest(tmp, "checkpoint")  # last: lists (and hashes) everything above
+        return publish_checkpoint(tmp, final, run_dir, keep_last)
+    except BaseException as e:
+        shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(e):
+            raise no_space_error(final, run_dir) from None
+        raise
+
+
+def no_space_error(final: Path, run_dir: str | Path) -> CheckpointError:
+    """One line for a disk that filled up while checkpoint `final` was written, naming the intact one."""
+    prev = latest_checkpoint(run_dir)
+    intact = f"{prev.name} is intact" if prev is not None and prev != final else "no earlier checkpoint exists"
+    return CheckpointError(f"no space left on device while writing checkpoint {final.name}; {intact} "
+                           f"(free space in {checkpoint_root(run_dir)} and --resume)")
 
 
 def copy_tokenizer(tokenizer_file: Path | None, dest: Path) -> None:
@@ -149,11 +170,23 @@ def publish_checkpoint(tmp: Path, final: Path, run_dir: str | Path, keep_last: i
     """Rename a fully written `tmp` folder to `final`, point `latest` at it, prune old ones (also used
     by banyan.train.dist_checkpoint for sharded checkpoints)."""
     root = checkpoint_root(run_dir)
+    if final.is_dir():  # a checkpoint of this step again (SIGTERM after a save, a resume past a torn one)
+        _refuse_foreign_files(final)
     replace_dir(tmp, final)  # re-saving the same step (e.g. SIGTERM right after a periodic save) replaces it
     atomic_write_text(root / "latest", final.name)
     for stale in list_checkpoints(run_dir)[:-keep_last] if keep_last > 0 else []:
         shutil.rmtree(stale, ignore_errors=True)
     return final
+
+
+def _refuse_foreign_files(final: Path) -> None:
+    """Replace a checkpoint folder only when every file in it is one its manifest lists (one banyan wrote)."""
+    try:
+        doc = manifest.read_manifest(final)
+    except manifest.IntegrityError:  # a torn manifest: a damaged checkpoint of ours, being written anew
+        return
+    if doc is not None:
+        manifest.refuse_foreign(final, manifest.foreign_files(final), "checkpoint")
 
 
 def check_compatible(saved: ModelConfig, current: ModelConfig, where: Path) -> None:
@@ -171,6 +204,7 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
                     cfg: RunConfig | None = None, restore_rng: bool = True) -> dict[str, Any]:
     """Load weights (+ optimizer, RNG) from checkpoint `path` into live objects; returns trainer state."""
     path = Path(path)
+    verify_checkpoint(path)
     saved_cfg = read_saved_config(RunConfig, path / "config.toml")
     if cfg is not None:
         check_compatible(saved_cfg.model.finalize(), cfg.model, path)
@@ -195,6 +229,12 @@ def load_checkpoint(path: Path, model: nn.Module, optimizer: torch.optim.Optimiz
     if restore_rng:
         set_rng_state(torch.load(path / "rng.pt", weights_only=True))
     return read_trainer_state(path)
+
+
+def verify_checkpoint(path: Path) -> None:
+    """Every file of checkpoint `path` has the size and SHA-256 its manifest.json lists (IntegrityError
+    naming the first that differs); a checkpoint from before manifests loads with a warning."""
+    manifest.verify(path, what="checkpoint")
 
 
 def read_trainer_state(path: str | Path) -> dict[str, Any]:

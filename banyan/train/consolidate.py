@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Literal
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import save_model
 
+from banyan import manifest
+
 from banyan.config import ModelConfig, RunConfig, parse_cli, read_saved_config
-from banyan.io import atomic_path
-from banyan.train.checkpoint import CheckpointError, resolve_checkpoint
+from banyan.io import atomic_path, is_no_space
+from banyan.train.checkpoint import CheckpointError, resolve_checkpoint, verify_checkpoint
 from banyan.train.safe_dcp import failure_line, safe_reader
 from banyan.train.dist_checkpoint import (DCP_DIR, error_summary, is_sharded, quiet_single_process,
                                          safe_load_planner)
@@ -48,13 +51,35 @@ def consolidate(path: str | Path, out: str | Path | None = None, dtype: str = "k
                               f"process and its model.safetensors is already the consolidated form")
     if dtype not in DTYPES:
         raise CheckpointError(f"--dtype expects one of {list(DTYPES)}, got {dtype!r}")
+    target = Path(out) if out else ckpt / "model.safetensors"
+    check_target(target)
     model = load_sharded_model(ckpt)
     if DTYPES[dtype] is not None:
         model = model.to(DTYPES[dtype])
-    target = Path(out) if out else ckpt / "model.safetensors"
-    with atomic_path(target) as tmp:
-        save_model(model, str(tmp))
+    try:
+        with atomic_path(target) as tmp:
+            save_model(model, str(tmp))
+    except OSError as e:
+        if is_no_space(e):
+            raise CheckpointError(f"no space left on device while writing {target}; the checkpoint {ckpt} is "
+                                  f"intact (temporary file removed)") from None
+        raise
+    if target.parent.resolve() == ckpt.resolve():  # in place: the checkpoint's manifest lists it too
+        manifest.add_files(ckpt, [target.name])
     return target
+
+
+def check_target(target: Path) -> None:
+    """--out must be a file name; an existing file is replaced only when it is a safetensors file."""
+    if target.is_dir():
+        raise CheckpointError(f"--out '{target}' is a folder; give a file name such as {target / 'model.safetensors'}")
+    if target.exists():
+        try:
+            with safe_open(str(target), "pt") as f:
+                f.keys()
+        except Exception:  # noqa: BLE001 - any parse failure: not a file banyan wrote
+            raise CheckpointError(f"--out '{target}' exists and is not a safetensors file; refusing to replace "
+                                  f"it") from None
 
 
 def empty_model(cfg: ModelConfig) -> torch.nn.Module:
@@ -72,6 +97,7 @@ def load_sharded_model(ckpt: Path) -> torch.nn.Module:
     import torch.distributed.checkpoint as dcp
     from torch.distributed.checkpoint.api import CheckpointException
 
+    verify_checkpoint(ckpt)  # every shard's size and SHA-256 against the manifest first
     cfg = read_saved_config(RunConfig, ckpt / "config.toml")
     model = empty_model(cfg.model)
     state = {"model": model.state_dict()}  # tensors that share storage with the parameters: loaded in place

@@ -12,7 +12,8 @@ strategy that wrote it: DCP re-slices on load, and a run saved by zero3 on 2 ran
 zero2 on 4, ddp on 2 or one plain process. zero1 (ZeroRedundancyOptimizer) has no FQN view of
 its own, so each rank writes the entries of the parameters it owns (disjoint keys).
 
-Every rank writes into `step_N.tmp-dcp`; after a barrier rank 0 adds trainer.json and renames
+Every rank writes into `step_N.tmp-dcp`; after a barrier rank 0 adds trainer.json and manifest.json
+(banyan.manifest: sizes and SHA-256 of every rank's files, verified before a load) and renames
 the folder into place (banyan.train.checkpoint.publish_checkpoint), so a crash mid-write leaves
 the previous checkpoint and `latest` as they were. Multi-node runs need `out` on a shared filesystem.
 `banyan checkpoint consolidate` turns `dcp/` into one model.safetensors for export and sampling.
@@ -31,10 +32,13 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from banyan import manifest
 from banyan.config import RunConfig, read_saved_config, write_config
+from banyan.io import is_no_space
 from banyan.model.lora import has_lora, is_adapter_name
 from banyan.parallel.env import DistEnv
 from banyan.train import checkpoint as ckpt
+from banyan.train import faults
 from banyan.train.checkpoint import CheckpointError
 from banyan.train.safe_dcp import safe_reader
 
@@ -196,22 +200,37 @@ def save(run_dir: str | Path, step: int, par, optimizer, trainer_state: dict[str
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
     env.barrier()
+    try:
+        path = _write_sharded(tmp, final, run_dir, step, par, optimizer, trainer_state, cfg, tokenizer_file,
+                              keep_last, env)
+    except BaseException as e:
+        if env.is_main:  # no collective here: a failure after the barrier is rank 0's alone
+            shutil.rmtree(tmp, ignore_errors=True)
+        if is_no_space(e):  # DCP hands every rank the failures of all of them
+            raise ckpt.no_space_error(final, run_dir) from None
+        raise
+    env.barrier()
+    return path if env.is_main else final
+
+
+def _write_sharded(tmp: Path, final: Path, run_dir, step: int, par, optimizer, trainer_state: dict[str, Any],
+                   cfg: RunConfig, tokenizer_file: Path | None, keep_last: int, env: DistEnv) -> Path | None:
     dcp, sd = _dcp()
     fqn_of = _fqn_of(par.raw)
     state = {"model": model_state(par.raw, None), "optim": _optim_template(par.raw, optimizer, fqn_of)}
     dcp.save(state, checkpoint_id=str(tmp / DCP_DIR))
     torch.save(ckpt.rng_state(), tmp / f"rng_rank{env.rank}.pt")
+    faults.maybe_kill_mid_save(step, env.rank, Path(run_dir))
     env.barrier()
-    path = None
-    if env.is_main:
-        write_config(cfg, tmp / "config.toml", extra={"world_size": env.world_size, "strategy": par.strategy})
-        ckpt.copy_tokenizer(tokenizer_file, tmp)
-        meta = {"step": step, **trainer_state, "format": "dcp", "world_size": env.world_size,
-                "strategy": par.strategy}
-        (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))  # last: marks the folder complete
-        path = ckpt.publish_checkpoint(tmp, final, run_dir, keep_last)
-    env.barrier()
-    return path if env.is_main else final
+    if not env.is_main:
+        return None
+    write_config(cfg, tmp / "config.toml", extra={"world_size": env.world_size, "strategy": par.strategy})
+    ckpt.copy_tokenizer(tokenizer_file, tmp)
+    meta = {"step": step, **trainer_state, "format": "dcp", "world_size": env.world_size,
+            "strategy": par.strategy}
+    (tmp / "trainer.json").write_text(json.dumps(meta, indent=1))
+    manifest.write_manifest(tmp, "checkpoint")  # last: every rank's shards are on disk (barrier above)
+    return ckpt.publish_checkpoint(tmp, final, run_dir, keep_last)
 
 
 # ----------------------------------------------------------------------------- load
@@ -227,6 +246,7 @@ def load(path: str | Path, par, optimizer, cfg: RunConfig | None, env: DistEnv,
         raise CheckpointError(f"'{path}' is not a complete checkpoint (no trainer.json)")
     if not is_sharded(path) and not env.distributed:
         return ckpt.load_checkpoint(path, par.raw, optimizer, cfg, restore_rng)
+    ckpt.verify_checkpoint(path)  # sizes and SHA-256 of every shard before DCP reads any
     saved = read_saved_config(RunConfig, path / "config.toml")
     if cfg is not None:
         ckpt.check_compatible(saved.model.finalize(), cfg.model, path)

@@ -30,7 +30,7 @@ from banyan.parallel.env import DistEnv, agree_on_errors, check_same_config
 from banyan.train import checkpoint as ckpt
 from banyan.train import dist_checkpoint as dist_ckpt
 from banyan.train import faults
-from banyan.io import FolderLock, atomic_write_json
+from banyan.io import FolderLock, atomic_write_json, remove_stale_temps
 from banyan.logger import MetricsLogger, trim_metrics
 from banyan.train.metrics import peak_flops_for, peak_memory_mb
 from banyan.train.init_from import apply_init_model
@@ -87,6 +87,9 @@ def prepare_out_dir(cfg: RunConfig, env: DistEnv) -> tuple[Path, Path | None, Fo
         raise BanyanError(f"--out '{out}' is a file, not a folder")
     lock = FolderLock(out, "run folder").acquire() if env.is_main else None  # held while this run lives
     try:
+        if lock is not None:  # every writer holds the lock, so a temp folder from before it is a killed one's
+            remove_stale_temps(ckpt.checkpoint_root(out), "step_*", older_than=lock.acquired_at)
+            remove_stale_temps(ckpt.checkpoint_root(out), ".step_*", older_than=lock.acquired_at)
         return out, _resume_point(cfg, out), lock
     except BaseException:
         if lock is not None:

@@ -27,8 +27,8 @@ def test_txt_folder_every_document_once(tmp_path):
     docs = write_corpus(tmp_path / "src", n_docs=12)
     meta = run(tmp_path / "src", tmp_path / "out", tokenizer="bpe:300", val_fraction=0.25, seed=3)
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["meta.json", "tokenizer.json", "tokenizer_config.json",
-                                                     "train_000000.bin", "val_000000.bin"]
+    assert sorted(p.name for p in out.iterdir()) == [".lock", "manifest.json", "meta.json", "tokenizer.json",
+                                                     "tokenizer_config.json", "train_000000.bin", "val_000000.bin"]
     assert load_chat_template(out) == DEFAULT_CHAT_TEMPLATE
     assert read_meta(out) == json.loads(json.dumps(meta))
     train, val = decode_split(out, "train"), decode_split(out, "val")
@@ -199,15 +199,15 @@ def test_interrupted_run_leaves_nothing_and_replace_is_safe(tmp_path, monkeypatc
         run(tmp_path / "src", tmp_path / "new")
     assert not (tmp_path / "new").exists()
     with pytest.raises(KeyboardInterrupt):  # a failed re-run keeps the previous complete set
-        run(tmp_path / "src", tmp_path / "out", tokenizer="bpe:300")
+        run(tmp_path / "src", tmp_path / "out", tokenizer="bpe:300", overwrite=True)
     assert read_meta(tmp_path / "out")["created"] == first["created"]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out", "src"]
     monkeypatch.undo()
-    again = run(tmp_path / "src", tmp_path / "out", tokenizer="bpe:300")
+    again = run(tmp_path / "src", tmp_path / "out", tokenizer="bpe:300", overwrite=True)
     assert read_meta(tmp_path / "out")["tokenizer"]["spec"] == again["tokenizer"]["spec"] == "bpe:300"
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("precious")
-    with pytest.raises(DataError, match="is not a prepared data folder"):
+    with pytest.raises(DataError, match=r"holds files banyan did not write \(notes.txt\)"):
         run(tmp_path / "src", tmp_path / "mine")
     assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
 

@@ -166,7 +166,7 @@ def test_not_a_checkpoint_is_exit_2(tmp_path, capsys):
     assert os.listdir(tmp_path) == ["junk"]  # nothing written, no temp folder left
 
 
-def test_existing_out_needs_overwrite_and_is_replaced_whole(tmp_path, tokenizers, capsys):
+def test_existing_out_needs_overwrite_and_only_a_banyan_export_is_replaced(tmp_path, tokenizers, capsys):
     tok_file = tokenizers["bpe"]
     save_single(tmp_path / "run", tiny_model("llama", _vocab(tok_file), True), tok_file)
     out = tmp_path / "hf"
@@ -174,10 +174,14 @@ def test_existing_out_needs_overwrite_and_is_replaced_whole(tmp_path, tokenizers
     (out / "stale.txt").write_text("old")
     rc = cli(["export", "hf", "--src", str(tmp_path / "run"), "--out", str(out)])
     assert rc == 2 and "already exists; pass --overwrite" in capsys.readouterr().err
-    assert os.listdir(out) == ["stale.txt"]
-    assert cli(["export", "hf", "--src", str(tmp_path / "run"), "--out", str(out), "--overwrite",
-                "--dtype", "bf16"]) == 0
-    assert "config.json" in os.listdir(out) and "stale.txt" not in os.listdir(out)
+    rc = cli(["export", "hf", "--src", str(tmp_path / "run"), "--out", str(out), "--overwrite"])
+    assert rc == 2 and "holds files banyan did not write (stale.txt)" in capsys.readouterr().err
+    assert os.listdir(out) == ["stale.txt"]  # the user's file is never removed
+    (out / "stale.txt").unlink()
+    for dtype in ("fp32", "bf16"):  # an empty folder, then banyan's own export: both replaced
+        assert cli(["export", "hf", "--src", str(tmp_path / "run"), "--out", str(out), "--overwrite",
+                    "--dtype", dtype]) == 0
+    assert "config.json" in os.listdir(out) and "manifest.json" in os.listdir(out)
     assert sorted(os.listdir(tmp_path)) == ["hf", "run"]  # temp and old folders are gone
     rc = cli(["export", "hf", "--src", str(tmp_path / "run"), "--out", str(tmp_path), "--overwrite"])
     assert rc == 2 and "contains the source" in capsys.readouterr().err

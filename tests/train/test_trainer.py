@@ -144,28 +144,20 @@ def test_init_from_a_missing_folder_is_one_clear_error(tiny_data, tmp_path):
         Trainer(cfg, PretrainTask(cfg)).run()
 
 
-def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path):
-    import subprocess
-    import sys
-
+def test_a_second_process_on_the_same_run_folder_is_refused(tmp_path, lock_holder):
     import pytest
 
     from banyan.errors import BanyanError
     from banyan.io import FolderLock
 
     out = tmp_path / "busy"
-    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from banyan.io import FolderLock; "
-                               f"FolderLock({str(out)!r}).acquire(); print('locked', flush=True); time.sleep(60)"],
-                              stdout=subprocess.PIPE, text=True)
-    try:
-        assert holder.stdout.readline().strip() == "locked"
-        cfg = _cfg(out)
-        with pytest.raises(BanyanError, match=f"run folder '{out}' is in use by pid {holder.pid}"):
-            Trainer(cfg, CopyTask(cfg)).run()
-        assert not (out / "config.toml").exists() and not (out / "metrics.jsonl").exists()
-    finally:
-        holder.kill()
-        holder.wait()
+    holder = lock_holder(out)
+    cfg = _cfg(out)
+    with pytest.raises(BanyanError, match=f"run folder '{out}' is in use by pid {holder.pid}"):
+        Trainer(cfg, CopyTask(cfg)).run()
+    assert not (out / "config.toml").exists() and not (out / "metrics.jsonl").exists()
+    holder.kill()
+    holder.wait()
     with FolderLock(out):  # the kernel dropped the dead holder's lock
         pass
     Trainer(_cfg(out, max_steps=2), CopyTask(_cfg(out, max_steps=2))).run()  # and the lock is released after
