@@ -117,11 +117,13 @@ def _init_worker(tokenizer_json: str) -> None:
     _WORKER_TOK = Tokenizer.from_str(tokenizer_json)
 
 
-def _pieces(doc: str, limit: int = MAX_PIECE_CHARS) -> list[str]:
-    """Cut a huge document into <= `limit`-char pieces at a newline followed by non-space.
+def _pieces(doc: str, limit: int = MAX_PIECE_CHARS, tok: Tokenizer | None = None) -> list[str]:
+    """Cut a huge document into <= `limit`-char pieces whose tokens, concatenated, equal the whole's.
 
-    Both pre-tokenizers never join a newline with the following non-space character, so these
-    cuts do not change the tokens; only a document without such a newline is cut mid-line.
+    First choice: a newline followed by non-space (neither pre-tokenizer joins the two). A stretch
+    without one (a 5 MB one-line document) is cut where the window's last pre-token starts: BPE
+    merges never cross pre-tokens, and a left-to-right pre-tokenizer's spans before the last are
+    final (only the span touching the window's end can change when the text goes on).
     """
     if len(doc) <= limit:
         return [doc]
@@ -130,18 +132,28 @@ def _pieces(doc: str, limit: int = MAX_PIECE_CHARS) -> list[str]:
         cut = doc.rfind("\n", lo, lo + limit)
         while cut > lo and doc[cut + 1].isspace():
             cut = doc.rfind("\n", lo, cut)
-        hi = cut + 1 if cut > lo else lo + limit
+        hi = cut + 1 if cut > lo else _pre_token_cut(doc, lo, limit, tok)
         out.append(doc[lo:hi])
         lo = hi
     out.append(doc[lo:])
     return out
 
 
+def _pre_token_cut(doc: str, lo: int, limit: int, tok: Tokenizer | None) -> int:
+    """Where the last pre-token of doc[lo:lo+limit] starts (lo + limit without a tokenizer or a split)."""
+    pre = getattr(getattr(tok, "hf", None), "pre_tokenizer", None)
+    if pre is not None:
+        spans = pre.pre_tokenize_str(doc[lo:lo + limit])
+        if len(spans) >= 2 and spans[-1][1][0] > 0:
+            return lo + spans[-1][1][0]
+    return lo + limit
+
+
 def encode_documents(tok: Tokenizer, docs: list[str]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """-> (tokens uint32 [sum(lengths)], lengths int64 [n_docs] incl. EOS, utf-8 bytes int64 [n_docs])."""
     pieces, owner = [], []
     for i, doc in enumerate(docs):
-        for p in _pieces(doc):
+        for p in _pieces(doc, tok=tok):
             pieces.append(p)
             owner.append(i)
     encoded = tok.encode_batch(pieces)

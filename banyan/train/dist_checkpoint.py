@@ -282,6 +282,8 @@ def _trainer_meta(path: Path) -> dict[str, Any]:
 
 
 def _load_dcp(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
+    from torch.distributed.checkpoint.api import CheckpointException
+
     dcp, sd = _dcp()
     state: dict[str, Any] = {"model": model_state(raw, path)}
     if optimizer is not None:
@@ -290,8 +292,9 @@ def _load_dcp(path: Path, raw: nn.Module, optimizer, fqn_of: dict) -> None:
     try:
         with quiet_single_process():
             dcp.load(state, storage_reader=reader, planner=safe_load_planner())
-    except Exception as e:  # DCP wraps per-rank failures (missing keys, shape mismatch) in CheckpointException
-        raise CheckpointError(f"checkpoint {path} does not match this model/optimizer: "
+    except (Exception, CheckpointException) as e:  # DCP wraps per-rank failures (missing keys, shape
+        # mismatch, a corrupt shard) in CheckpointException, a BaseException
+        raise CheckpointError(f"checkpoint {path} cannot be loaded into this model/optimizer: "
                               f"{error_summary(e)}") from None
     sd.set_model_state_dict(raw, state["model"], options=sd.StateDictOptions(strict=not has_lora(raw)))
     if optimizer is not None:
@@ -386,8 +389,11 @@ def _flat_from_indexed(opt, sd: dict | None, fqn_of: dict, path: Path) -> dict[s
 
 
 def error_summary(e: BaseException) -> str:
+    """The line of a DCP failure that says what went wrong (else the failing rank's own error)."""
+    from banyan.train.safe_dcp import failure_line
+
     text = str(e).strip().splitlines()
     for line in text:
         if "Missing key" in line or "size mismatch" in line or "Size mismatch" in line:
             return line.strip()
-    return text[0] if text else type(e).__name__
+    return failure_line(e)

@@ -229,3 +229,20 @@ def test_huge_document_pieces_keep_tokens(bpe_tok):
     joined = [i for p in pieces for i in bpe_tok.encode(p)]
     assert joined == bpe_tok.encode(doc)
     assert "".join(_pieces("x" * 1234, limit=500)) == "x" * 1234
+
+
+@pytest.mark.parametrize("kind", ["bpe", "char"])
+def test_one_line_document_is_cut_between_pre_tokens(kind, bpe_tok, char_tok):
+    """A document with no newline at all (a huge one-line file) is cut where a pre-token starts, so the
+    pieces' tokens equal the whole document's (a cut mid-word changes BPE tokens)."""
+    tok = bpe_tok if kind == "bpe" else char_tok
+    words = make_text(4000, 7).replace("\n", " ")
+    doc = " ".join(words.split(" ")[:600]) + "   trailing   spaces,punctuation!!"
+    assert "\n" not in doc
+    for limit in (97, 500):
+        pieces = _pieces(doc, limit=limit, tok=tok)
+        assert "".join(pieces) == doc and len(pieces) > 3 and max(map(len, pieces)) <= limit
+        assert [i for p in pieces for i in tok.encode(p)] == tok.encode(doc)
+    mid_word = _pieces(doc, limit=97)  # no tokenizer: the old fixed-width cut
+    if kind == "bpe":
+        assert [i for p in mid_word for i in tok.encode(p)] != tok.encode(doc)
