@@ -23,6 +23,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sample": ("banyan.train.sample:main", "Generate text from a checkpoint (KV cache, temperature/top-k/top-p)."),
     "chat": ("banyan.chat:main", "Chat with a checkpoint in its chat template (KV-cached turns, streamed replies)."),
     "bench train": ("banyan.train.bench:main", "Benchmark training throughput (tokens/s, MFU, memory) as JSON."),
+    "bench generate": ("banyan.train.bench_generate:main", "Benchmark batched generation: KV cache vs full re-forward tokens/s (JSON)."),
     "bench comm": ("banyan.parallel.bench_comm:main", "Benchmark collectives' bus bandwidth and check their results."),
     "bench rl": ("banyan.rl.bench:main", "Benchmark PPO on CartPole over seeds (steps to solve, samples/s)."),
     "plan": ("banyan.plan:main", "Predict memory and speed of each strategy on given GPUs before training."),

@@ -141,3 +141,15 @@ def test_bad_input(sft, tmp_path):
     assert r.returncode == 2, r.stderr[-2000:]
     assert "grpo_rewards:boom raised RuntimeError: scorer crashed (prompt 'What is" in r.stderr, r.stderr[-2000:]
     assert not list(out.glob("checkpoints/step_*"))  # nothing written half-way
+
+
+def test_bench_generate_cli(capsys):
+    from banyan.cli import main as banyan
+
+    assert banyan(["bench", "generate", "--model.n_layer", "1", "--model.d_model", "32", "--model.n_head", "2",
+                   "--model.vocab_size", "64", "--model.max_seq_len", "32", "--rows", "2", "--prompt_len", "4",
+                   "--new_tokens", "4", "--repeats", "1", "--train.device", "cpu"]) == 0
+    import json
+
+    out = json.loads(capsys.readouterr().out)
+    assert out["rows"] == 2 and out["new_tokens"] == 4 and out["ratio"] > 0 and out["n_layer"] == 1
