@@ -306,6 +306,17 @@ class GRPOTask(Task):
         n = max(tot[0], 1.0)
         return {"val_pass_at_1": tot[1] / n, f"val_pass_at_{s.pass_k}": tot[2] / n, "val_score": tot[3] / n}
 
+    def sample(self, raw_model: nn.Module, step: int) -> str | None:
+        """The first held-out problem, the greedy reply and its grade."""
+        from banyan.eval.reasoning import completion_text, prompt_ids
+        from banyan.model.generate import generate_batch
+
+        p = self.task.held_out(1)[0]
+        ids = prompt_ids(self.tokenizer, self.template, p.prompt, self.s.system_prompt)
+        reply = completion_text(self.tokenizer, generate_batch(raw_model, [ids], self.s.max_new_tokens, self.stops,
+                                                               temperature=0.0, device=self.env.device).tokens[0])
+        return f"{p.prompt}\n-> {reply!r} (grade {self.task.score(p, reply):g}, answer {p.answer})"
+
     def state_dict(self) -> dict:
         # a rollout serving several steps must survive a resume; a one-step rollout is regenerated anyway
         return {"rollout": self.rollout} if self.s.ppo_epochs > 1 and self.rollout is not None else {}

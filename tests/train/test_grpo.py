@@ -88,6 +88,8 @@ def test_dr_grpo_counts_a_constant_and_rewards_from_the_verifier(sft, tmp_path):
     cfg = grpo_run(sft, tmp_path / "dr", steps=2, advantage="dr_grpo")
     task = GRPOTask(cfg)
     s = grpo.Trainer(cfg, task, stage="grpo").run()  # keep the task to inspect its batches
+    text = task.sample(task.policy, 2)
+    assert text.startswith("What is ") and "(grade " in text
     b = task.batch(1, 0)
     assert int(task.count(b)) == 8 * 6  # rows x max_new_tokens, whatever the completions' lengths
     assert int((b["labels"] != -100).sum()) <= 8 * 6
