@@ -40,8 +40,9 @@ class PlanConfig:
     """GPUs per node, e.g. 4x4090, 8xh100, 1xa100-80gb, 2xcustom."""
     interconnect: str = "pcie4"
     """Link between the GPUs of a node: pcie3, pcie4, pcie5, nvlink3, nvlink4."""
-    p2p: Literal["on", "off"] = "on"
-    """PCIe peer-to-peer (off: staged through host memory)."""
+    p2p: Literal["auto", "on", "off"] = "auto"
+    """PCIe peer-to-peer (off: staged through host memory; auto: off on GeForce RTX 4090s, whose stock driver
+    has no P2P, on elsewhere)."""
     nodes: int = 1
     """Number of machines."""
     network: str = ""
@@ -218,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         return main_validate(args, cfg, name, seq, chunk)
     if not args.gpus:
         raise BanyanError("give --gpus, e.g. --gpus 4x4090 (or --validate to measure on this machine)")
-    hw = resolve_hardware(args.gpus, args.interconnect, args.p2p == "on", args.nodes, args.network or None,
+    hw = resolve_hardware(args.gpus, args.interconnect, p2p_on(args), args.nodes, args.network or None,
                           args.gpu_tflops, args.gpu_mem_gb, args.gpu_mem_bw_gbs, args.bandwidth_gbs, args.network_gbs)
     gbt = args.global_batch_tokens or cfg.train.global_batch_tokens or cfg.train.micro_batch * seq * hw.world
     rank = cfg.lora.rank if args.lora_rank is None else args.lora_rank
@@ -235,6 +236,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 # --- speed model, calibration and budget (banyan.plan.calibrate / budget) -------------------------------------
+
+
+def p2p_on(args: PlanConfig) -> bool:
+    """--p2p auto: off for RTX 4090s (no P2P with the stock driver, REFERENCE.md) over PCIe, on otherwise."""
+    if args.p2p != "auto":
+        return args.p2p == "on"
+    from banyan.hardware import INTERCONNECTS, gpu, parse_gpus
+
+    name = parse_gpus(args.gpus)[1]
+    link = INTERCONNECTS.get(args.interconnect.lower())
+    return not (name.lower() != "custom" and gpu(name).name == "rtx4090" and link is not None and link.pcie)
 
 
 def calibrated_throughput(args: PlanConfig, hw):
@@ -309,7 +321,7 @@ def main_budget(args: PlanConfig) -> int:
 
     if not args.gpus:
         raise BanyanError("--budget needs --gpus, e.g. --gpus 4x4090 --interconnect pcie4 --p2p off --budget 14d")
-    hw = resolve_hardware(args.gpus, args.interconnect, args.p2p == "on", args.nodes, args.network or None,
+    hw = resolve_hardware(args.gpus, args.interconnect, p2p_on(args), args.nodes, args.network or None,
                           args.gpu_tflops, args.gpu_mem_gb, args.gpu_mem_bw_gbs, args.bandwidth_gbs, args.network_gbs)
     wall_s, desc = B.parse_budget(args.budget, hw.world)
     results = B.sweep(hw, wall_s, _split(args.sizes) or None, args.global_batch_tokens,

@@ -72,3 +72,13 @@ def test_cli_budget_errors_name_the_flag(capsys):
     assert "--gpus" in capsys.readouterr().err
     assert banyan(["plan", "--gpus", "4x4090", "--budget", "14d", "--sizes", "llama-9t"]) == 2
     assert "llama-9t" in capsys.readouterr().err
+
+
+def test_p2p_auto_is_off_for_4090s_over_pcie_only(capsys):
+    common = ["--budget", "1d", "--sizes", "llama-60m", "--json", "--plot", "none"]
+    banyan(["plan", "--gpus", "4x4090", "--interconnect", "pcie4", *common])
+    assert "P2P off" in json.loads(capsys.readouterr().out)["link"]
+    banyan(["plan", "--gpus", "4x4090", "--interconnect", "pcie4", "--p2p", "on", *common])
+    assert "P2P off" not in json.loads(capsys.readouterr().out)["link"]
+    banyan(["plan", "--gpus", "4xa100-80gb", "--interconnect", "pcie4", *common])
+    assert "P2P off" not in json.loads(capsys.readouterr().out)["link"]
