@@ -86,6 +86,8 @@ def size_configs(names: list[str] | None = None) -> list[tuple[str, ModelConfig]
 
 @dataclass
 class SizeResult:
+    """One size of the sweep: its fastest fitting configuration, tokens in the budget, expected loss."""
+
     name: str
     params: int
     fits: bool
