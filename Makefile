@@ -7,7 +7,7 @@ QUICK ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean
+.PHONY: install demo test test-all clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -34,5 +34,20 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "" 
 
+# One command on a machine with an NVIDIA GPU (after `make test`): GPU tests, bench train vs HF transformers,
+# plan --calibrate/--validate and bench comm, each time-capped, in under 8 minutes; results in $$OUT or
+# ./gpu-check (gpu-check.md, .json, .log). Uses the torch it finds (the venv's if there is one, else python3).
+GPU_PY ?= $(if $(wildcard $(PY)),$(PY),python3)
+gpu-check:
+	PYTHON=$(GPU_PY) bash scripts/gpu_check.sh
+
+# Wheels a bare CUDA image lacks, for machines without network: carried in .whl/ (git-ignored).
+GPU_WHEELS ?= tyro==1.0.17 docstring-parser==0.18.0 typeguard==4.6.1 tomli-w==1.2.0 torchao==0.18.0 bitsandbytes==0.50.2
+GPU_PYVER ?= 3.12
+gpu-wheels:
+	python3 -m pip download -q --no-deps --only-binary=:all: --python-version $(GPU_PYVER) --implementation cp \
+	  --platform manylinux_2_28_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 --platform any -d .whl $(GPU_WHEELS)
+
 clean:
-	rm -rf $(VENV) runs data build *.egg-info
+	rm -rf $(VENV) runs data build *.egg-info gpu-check

@@ -50,7 +50,8 @@ class BenchCommConfig:
     """Benchmark collectives (bus bandwidth over message sizes) and check their results."""
 
     nproc: int = 0
-    """Local processes to launch through torchrun (0: one per GPU when there are 2+, else 2 CPU processes)."""
+    """Local processes to launch through torchrun (0: one per GPU when there are 2+, else 2 CPU processes;
+    1: a smoke check that NCCL/gloo and the P2P report start, as `make gpu-check` runs on one GPU)."""
     ops: tuple[Literal["all_reduce", "all_gather", "reduce_scatter"], ...] = OPS
     """Collectives to measure."""
     min_mb: float = 1.0
@@ -250,14 +251,28 @@ def plot(rows: list[dict], path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
+def _one_rank_group(env: DistEnv) -> None:
+    """DistEnv starts no group for one process; a one-rank check needs one (torchrun set MASTER_ADDR/PORT)."""
+    from datetime import timedelta
+
+    cuda = env.device.type == "cuda"
+    if cuda:
+        torch.cuda.set_device(env.device)
+    dist.init_process_group("nccl" if cuda else "gloo", rank=0, world_size=1, device_id=env.device if cuda else None,
+                            timeout=timedelta(seconds=float(os.environ.get("BANYAN_DIST_TIMEOUT_S", 600))))
+    env.owns_group = True
+
+
 def run(cfg: BenchCommConfig) -> dict:
     """The benchmark body, on every rank of an initialised torchrun job; rank 0 reports."""
     from banyan.parallel import p2p
 
     env = DistEnv.from_env(cfg.device, flag="--device")
-    if env.world_size < 2:
-        raise BanyanError("banyan bench comm needs 2+ processes: run it without torchrun (it launches "
-                          "itself) or with torchrun --nproc_per_node N (N >= 2)")
+    if env.world_size < 2 and not dist.is_initialized():
+        _one_rank_group(env)
+    if env.world_size < 2 and env.is_main:
+        print("note: one rank: this checks that the backend (and on CUDA the P2P report) starts and that each "
+              "collective answers correctly; bus bandwidth is 0 with one rank (use --nproc N >= 2 to measure it)")
     backend = dist.get_backend()
     device_name = torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu"
     report = p2p.report() if (env.device.type == "cuda" and env.is_main) else None

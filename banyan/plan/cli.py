@@ -41,8 +41,9 @@ class PlanConfig:
     """GPUs per node, e.g. 4x4090, 8xh100, 1xa100-80gb, 2xcustom."""
     interconnect: str = "pcie4"
     """Link between the GPUs of a node: pcie3, pcie4, pcie5, nvlink3, nvlink4."""
-    p2p: Literal["on", "off"] = "on"
-    """PCIe peer-to-peer (off: staged through host memory)."""
+    p2p: Literal["auto", "on", "off"] = "auto"
+    """PCIe peer-to-peer (off: staged through host memory; auto: off on GeForce RTX 4090s, whose stock driver
+    has no P2P, on elsewhere)."""
     nodes: int = 1
     """Number of machines."""
     network: str = ""
@@ -61,8 +62,8 @@ class PlanConfig:
     """Sequence length (None: the recipe's train.seq_len)."""
     global_batch_tokens: int = 0
     """Tokens per optimizer step (0: the recipe's)."""
-    mfu: float = 0.4
-    """Assumed model FLOPs utilisation of peak."""
+    mfu: float | None = None
+    """Assumed model FLOPs utilisation of peak (None: the per-operation speed model, speed.py)."""
     optim: str = "adamw,adamw8bit"
     """Comma list of adamw, adamw8bit, adamw8bit-torchao, muon."""
     strategy: str = ""
@@ -95,6 +96,18 @@ class PlanConfig:
     """--stage grpo: prompts per rollout on each GPU."""
     beta: float = 0.04
     """--stage grpo: KL weight (0: no reference model)."""
+    calibrate: bool = False
+    """Measure this device's matmul rate, memory and bus bandwidth and store them (--calibration)."""
+    calibration: str = ""
+    """Calibration file (empty: ~/.cache/banyan/calibration.json)."""
+    shapes: str = ""
+    """--validate: comma list of MICROxSEQ shapes to measure (e.g. 1x128,4x256); empty: --micro_batch x --seq."""
+    budget: str = ""
+    """Which model for this budget: 14d, 36h, 5000gpuh (GPU-hours over all --gpus)."""
+    sizes: str = ""
+    """--budget: comma list of presets / ladder widths to sweep (empty: presets plus the built-in ladder)."""
+    plot: str = ""
+    """--budget: PNG of expected loss vs size (empty: plan-budget.png in the current folder; 'none': no plot)."""
 
     # allowed values, checked when flags are parsed (banyan.configlib.check_ranges); None = unbounded
     ranges = {"nodes": (1, None), "seq": (1, None), "global_batch_tokens": (0, None), "mfu": (1e-6, 1.0),
@@ -162,7 +175,7 @@ def render(d: dict, plan_rows, hw_note: str, recipe: str) -> None:
     m, h, w = d["model"], d["hardware"], d["workload"]
     con.print(f"[bold]{m['name']}[/]: {m['arch']}, {m['params'] / 1e6:,.0f}M params, {m['n_layer']} layers x "
               f"{m['d_model']}, vocab {m['vocab_size']}; seq {w['seq']}, {w['global_batch_tokens']:,} tokens/step; "
-              f"assumed MFU {w['mfu']:g}")
+              + (f"assumed MFU {w['mfu']:g}" if w["mfu"] is not None else f"speed model: {d['speed_model']['source']}"))
     g = h["gpu"]
     con.print(f"{h['world']} x {g['name']} ({g['tflops']:g} TFLOP/s bf16, {g['mem_gb']:g} GB) on {h['nodes']} "
               f"node(s); {hw_note}")
@@ -197,8 +210,9 @@ def render(d: dict, plan_rows, hw_note: str, recipe: str) -> None:
 
 
 def render_validate(res: dict, name: str) -> None:
+    model = f"assumed MFU {res['mfu']:g}" if res["mfu"] is not None else f"speed model {res['speed_model']}"
     print(f"banyan plan --validate: {name} on {res['device']} ({res['accelerator']}, {res['peak_tflops']:.3g} "
-          f"TFLOP/s peak, assumed MFU {res['mfu']:g}), optim {res['optim']}, AC {res['ac']}, micro-batch "
+          f"TFLOP/s peak, {model}), optim {res['optim']}, AC {res['ac']}, micro-batch "
           f"{res['micro_batch']} x seq {res['seq']}, {res['steps']} steps, final loss {res['final_loss']:.3f}")
     print(f"{'quantity':<22}{'predicted':>16}{'measured':>16}{'ratio':>8}")
     for q, pred, meas, unit in res["rows"]:
@@ -215,6 +229,10 @@ def main(argv: list[str] | None = None) -> int:
     from banyan.plan.planner import Workload, make_plan, plan_dict, resolve_hardware
 
     args = parse_cli(PlanConfig, argv, prog="banyan plan", description=PlanConfig.__doc__ + "\n\n" + EXAMPLES)
+    if args.calibrate:
+        return main_calibrate(args)
+    if args.budget:
+        return main_budget(args)
     cfg, name, notes = load_run_config(args.model, args.config, args.vocab_size, args.validate)
     seq = cfg.train.seq_len if args.seq is None else args.seq
     if seq < 1 or seq > cfg.model.max_seq_len:
@@ -222,24 +240,15 @@ def main(argv: list[str] | None = None) -> int:
     chunk = cfg.train.chunked_loss if args.chunked_loss is None else args.chunked_loss
     if chunk < 0:
         raise BanyanError(f"--chunked_loss must be >= 0, got {chunk}")
-    if not 0 < args.mfu <= 1:
+    if args.mfu is not None and not 0 < args.mfu <= 1:
         raise BanyanError(f"--mfu must be in (0, 1], got {args.mfu}")
     for note in notes:
         print(f"note: {note}")
     if args.validate:
-        from banyan.plan.validate import validate
-
-        optims, acs = _split(args.optim), _split(args.ac)
-        mb = args.micro_batch or min(cfg.train.micro_batch, 8)
-        res = validate(cfg, optims[0], args.steps, mb, seq, acs[0], chunk, args.device, args.mfu)
-        if args.json:
-            print(json.dumps(res, indent=2))
-        else:
-            render_validate(res, name)
-        return 0
+        return main_validate(args, cfg, name, seq, chunk)
     if not args.gpus:
         raise BanyanError("give --gpus, e.g. --gpus 4x4090 (or --validate to measure on this machine)")
-    hw = resolve_hardware(args.gpus, args.interconnect, args.p2p == "on", args.nodes, args.network or None,
+    hw = resolve_hardware(args.gpus, args.interconnect, p2p_on(args), args.nodes, args.network or None,
                           args.gpu_tflops, args.gpu_mem_gb, args.gpu_mem_bw_gbs, args.bandwidth_gbs, args.network_gbs)
     gbt = args.global_batch_tokens or cfg.train.global_batch_tokens or cfg.train.micro_batch * seq * hw.world
     rank = cfg.lora.rank if args.lora_rank is None else args.lora_rank
@@ -249,7 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     stage = M.StageMemory(args.stage, args.group_size, args.prompts, seq, args.beta)
     work = Workload(cfg.model, name, seq, gbt, args.mfu, chunk, 2 if args.reduce_dtype == "bf16" else 4,
                     float(cfg.parallel.bucket_mb), specs=M.param_specs(cfg.model, rank, cfg.lora.targets),
-                    stage=stage if args.stage != "pretrain" else None)
+                    stage=stage if args.stage != "pretrain" else None,
+                    throughput=calibrated_throughput(args, hw))
     plan = make_plan(work, hw, _split(args.optim), _split(args.strategy) if args.strategy else None, _split(args.ac))
     d = plan_dict(work, hw, plan)
     if args.json:
@@ -257,3 +267,105 @@ def main(argv: list[str] | None = None) -> int:
     else:
         render(d, plan.rows, hw.note, recipe_flag(args.config or args.model))
     return 0 if plan.best else 1
+
+
+# --- speed model, calibration and budget (banyan.plan.calibrate / budget) -------------------------------------
+
+
+def p2p_on(args: PlanConfig) -> bool:
+    """--p2p auto: off for RTX 4090s (no P2P with the stock driver, REFERENCE.md) over PCIe, on otherwise."""
+    if args.p2p != "auto":
+        return args.p2p == "on"
+    from banyan.hardware import INTERCONNECTS, gpu, parse_gpus
+
+    name = parse_gpus(args.gpus)[1]
+    link = INTERCONNECTS.get(args.interconnect.lower())
+    return not (name.lower() != "custom" and gpu(name).name == "rtx4090" and link is not None and link.pcie)
+
+
+def calibrated_throughput(args: PlanConfig, hw):
+    """The stored calibration of a device of hw's GPU preset, or None (the preset figures)."""
+    from banyan.plan.calibrate import read_calibration, throughput_for
+
+    if args.mfu is not None or not read_calibration(args.calibration or None):
+        return None
+    tp = throughput_for(hw.gpu, None, args.calibration or None)
+    return None if tp.source.startswith("preset") else tp
+
+
+def main_calibrate(args: PlanConfig) -> int:
+    """`banyan plan --calibrate`: measure and store this device's throughput."""
+    from banyan.plan.calibrate import run_calibration
+
+    res = run_calibration(args.device, args.calibration or None)
+    if args.json:
+        print(json.dumps(res, indent=2))
+        return 0
+    print(f"calibrated {res['key']} ({res['dtype']}, torch {res['torch']}, {res['threads']} threads, "
+          f"load {res['load_1min']:.2f}) -> {res['path']}")
+    for mm in res["matmuls"]:
+        print(f"  matmul {mm['m']:>6} x {mm['n']:>6} x {mm['k']:>6}: {mm['seconds'] * 1e3:9.3f} ms "
+              f"{mm['tflops']:8.3f} TFLOP/s")
+    print(f"  fit: {res['matmul_tflops']:.3f} TFLOP/s at large shapes, half rate at dim {res['d0']:.0f} "
+          f"(rms log error {res['fit_rms_log_error']:.2f}); memory {res['mem_bw_gbs']:.1f} GB/s; "
+          f"launch {res['launch_s'] * 1e6:.1f} us" + (f"; bus ({res['bus_kind']}) {res['bus_gbs']:.1f} GB/s"
+                                                       if res["bus_gbs"] else ""))
+    return 0
+
+
+def _shapes(args: PlanConfig, cfg: RunConfig, seq: int) -> list[tuple[int, int]]:
+    if not args.shapes:
+        return [(args.micro_batch or min(cfg.train.micro_batch, 8), seq)]
+    out = []
+    for item in _split(args.shapes):
+        parts = item.lower().split("x")
+        if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+            raise BanyanError(f"--shapes: '{item}' is not MICROxSEQ (e.g. 4x256)")
+        b, t = int(parts[0]), int(parts[1])
+        if t > cfg.model.max_seq_len:
+            raise BanyanError(f"--shapes: seq {t} in '{item}' exceeds model.max_seq_len = {cfg.model.max_seq_len}")
+        out.append((b, t))
+    return out
+
+
+def main_validate(args: PlanConfig, cfg: RunConfig, name: str, seq: int, chunk: int) -> int:
+    """`--validate` at one shape, or at each of --shapes with a summary of step-time ratios."""
+    from banyan.plan.validate import validate
+
+    optims, acs = _split(args.optim), _split(args.ac)
+    results = [validate(cfg, optims[0], args.steps, b, t, acs[0], chunk, args.device, args.mfu, args.calibration)
+               for b, t in _shapes(args, cfg, seq)]
+    if args.json:
+        print(json.dumps(results[0] if len(results) == 1 else results, indent=2))
+        return 0
+    for res in results:
+        render_validate(res, name)
+    if len(results) > 1:
+        print(f"{'shape':<14}{'predicted ms':>14}{'measured ms':>14}{'ratio':>8}")
+        for res in results:
+            _, pred, meas, _ = next(r for r in res["rows"] if r[0] == "step time")
+            print(f"{res['micro_batch']}x{res['seq']:<12}{pred * 1e3:>14.1f}{meas * 1e3:>14.1f}{meas / pred:>8.3f}")
+    return 0
+
+
+def main_budget(args: PlanConfig) -> int:
+    """`--budget`: sweep sizes on --gpus and recommend the lowest expected loss (banyan.plan.budget)."""
+    from banyan.plan import budget as B
+    from banyan.plan.planner import resolve_hardware
+
+    if not args.gpus:
+        raise BanyanError("--budget needs --gpus, e.g. --gpus 4x4090 --interconnect pcie4 --p2p off --budget 14d")
+    hw = resolve_hardware(args.gpus, args.interconnect, p2p_on(args), args.nodes, args.network or None,
+                          args.gpu_tflops, args.gpu_mem_gb, args.gpu_mem_bw_gbs, args.bandwidth_gbs, args.network_gbs)
+    wall_s, desc = B.parse_budget(args.budget, hw.world)
+    results = B.sweep(hw, wall_s, _split(args.sizes) or None, args.global_batch_tokens,
+                      calibrated_throughput(args, hw), tuple(_split(args.optim)))
+    d = B.budget_dict(results, hw, wall_s, desc)
+    if args.plot != "none":
+        d["plot"] = B.plot(results, args.plot or "plan-budget.png",
+                           f"{hw.world}x{hw.gpu.name}, {args.budget}: expected loss vs size")
+    if args.json:
+        print(json.dumps(d, indent=2))
+    else:
+        B.render(d)
+    return 0 if d["recommendation"] else 1

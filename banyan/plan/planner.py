@@ -80,13 +80,14 @@ class Workload:
     name: str
     seq: int
     global_tokens: int
-    mfu: float = 0.4
+    mfu: float | None = None  # None: the per-operation speed model; a number: the old constant-MFU estimate
     chunk: int = 0
     reduce_bytes: int = 4
     bucket_mb: float = 25.0
     compute_bytes: int = 2  # 2: bf16 autocast (GPU); 4: fp32 (CPU)
     specs: list[M.ParamSpec] = field(default_factory=list)
     stage: M.StageMemory | None = None  # post-training extras: reference model, rollout KV cache
+    throughput: S.Throughput | None = None  # calibrated figures (None: hw.gpu's preset, banyan.plan.calibrate)
 
     def __post_init__(self):
         if not self.specs:
@@ -142,6 +143,28 @@ def seqs_per_gpu(work: Workload, world: int) -> int:
     return work.global_tokens // per
 
 
+def throughput(work: Workload, hw: Hardware) -> S.Throughput:
+    """The device's figures: calibrated if given, the preset's, or (with --mfu) peak x mfu at every shape."""
+    from banyan.plan.calibrate import preset_throughput
+
+    if work.mfu is not None:  # constant MFU: every matmul at peak x mfu, no small-shape falloff
+        return S.Throughput(hw.gpu.tflops * work.mfu, 0.0, hw.gpu.mem_bw_gbs, 0.0, f"assumed MFU {work.mfu:g}")
+    return work.throughput or preset_throughput(hw.gpu)
+
+
+def micro_batch_times(work: Workload, hw: Hardware, ac: str, mb: int) -> tuple[float, float, S.Throughput]:
+    """(forward s, backward s incl. recompute, throughput used) of one micro-batch of `mb` sequences."""
+    cfg, specs, tp = work.cfg, work.specs, throughput(work, hw)
+    if work.mfu is not None:
+        rate = tp.matmul_tflops * 1e12
+        fpt = S.flops_per_token(cfg, specs, work.seq)
+        rfpt = S.recompute_flops_per_token(cfg, specs, work.seq, ac, work.chunk)
+        tokens = mb * work.seq
+        return tokens * fpt / 3 / rate, tokens * (2 * fpt / 3 + rfpt) / rate, tp
+    st = S.micro_batch_seconds(cfg, specs, mb, work.seq, ac, work.chunk, tp, work.compute_bytes)
+    return st.fwd, st.bwd, tp
+
+
 def evaluate(work: Workload, hw: Hardware, strategy: str, optim: str, ac: str) -> Row:
     """Size one configuration: largest fitting micro-batch, memory there, step time."""
     n, cap = hw.world, hw.gpu.mem_gb * M.GiB
@@ -155,21 +178,18 @@ def evaluate(work: Workload, hw: Hardware, strategy: str, optim: str, ac: str) -
     row = Row(strategy, optim, ac, mb, per_gpu // mb, {k: v / M.GiB for k, v in mem.items()}, fits)
     if not fits:
         return row
-    cfg, specs, rate = work.cfg, work.specs, hw.gpu.peak_flops * work.mfu
-    fpt = S.flops_per_token(cfg, specs, work.seq)
-    rfpt = S.recompute_flops_per_token(cfg, specs, work.seq, ac, work.chunk)
-    tokens_mb = mb * work.seq
-    fwd_s, bwd_s = tokens_mb * fpt / 3 / rate, tokens_mb * (2 * fpt / 3 + rfpt) / rate
+    cfg, specs = work.cfg, work.specs
+    fwd_s, bwd_s, tp = micro_batch_times(work, hw, ac, mb)
     row.compute_s = row.accum * (fwd_s + bwd_s)
     shard = n if strategy != "ddp" else 1
-    row.optim_s = S.optimizer_seconds(cfg, specs, optim, shard, hw.gpu.mem_bw_gbs, hw.gpu.peak_flops, work.mfu)
+    row.optim_s = S.optimizer_seconds(cfg, specs, optim, shard, tp.mem_bw_gbs, tp.matmul_tflops * 1e12)
     block = sum(s.numel for s in specs if s.kind == "matrix") // cfg.n_layer
     comm = S.comm_seconds(strategy, n, M.n_params(specs), block, cfg.n_layer, row.accum, fwd_s, bwd_s, hw.bw_gbs,
                           work.bucket_mb, work.reduce_bytes)
     row.comm_s, row.comm_total_s = comm.exposed_s, comm.total_s
     row.step_s = row.compute_s + row.optim_s + row.comm_s
     row.tokens_per_s = work.global_tokens / row.step_s
-    row.mfu = work.global_tokens * fpt / (row.step_s * n * hw.gpu.peak_flops)
+    row.mfu = work.global_tokens * S.flops_per_token(cfg, specs, work.seq) / (row.step_s * n * hw.gpu.peak_flops)
     return row
 
 
@@ -287,6 +307,7 @@ def plan_dict(work: Workload, hw: Hardware, plan: Plan) -> dict:
                   "flops_per_token": S.flops_per_token(cfg, work.specs, work.seq)},
         "hardware": {"gpu": asdict(hw.gpu), "gpus_per_node": hw.per_node, "nodes": hw.nodes, "world": hw.world,
                      "bus_bandwidth_gbs": hw.bw_gbs, "link": hw.note},
+        "speed_model": asdict(throughput(work, hw)),
         "workload": {"seq": work.seq, "global_batch_tokens": work.global_tokens, "mfu": work.mfu,
                      "chunked_loss": work.chunk, "reduce_bytes": work.reduce_bytes},
         "rows": [asdict(r) for r in plan.rows],

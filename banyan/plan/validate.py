@@ -77,10 +77,34 @@ def _measure(model, opt, cfg: RunConfig, steps: int, micro_batch: int, seq: int,
     return measured, times, loss.item()
 
 
+def predicted_step_seconds(mc, specs, optim: str, micro_batch: int, seq: int, ac: str, chunk: int, tp, e: int,
+                           mfu: float | None = None, peak_flops: float = 0.0) -> float:
+    """One single-device step: the per-operation model (speed.py), or a constant MFU when `mfu` is given."""
+    if mfu is not None:
+        tokens = micro_batch * seq
+        flops = tokens * (S.flops_per_token(mc, specs, seq) + S.recompute_flops_per_token(mc, specs, seq, ac, chunk))
+        return flops / (peak_flops * mfu) + S.optimizer_seconds(mc, specs, optim, 1, tp.mem_bw_gbs, peak_flops, mfu)
+    compute = S.micro_batch_seconds(mc, specs, micro_batch, seq, ac, chunk, tp, e).total
+    return compute + S.optimizer_seconds(mc, specs, optim, 1, tp.mem_bw_gbs, tp.matmul_tflops * 1e12)
+
+
+def _load() -> float | None:
+    import os
+
+    try:
+        return os.getloadavg()[0]
+    except (OSError, AttributeError):
+        return None
+
+
 def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int, ac: str, chunk: int,
-             device: str = "auto", mfu: float = 0.4) -> dict:
-    """Train `steps` steps on random tokens; returns {"rows": [(quantity, predicted, measured, unit)], ...}."""
+             device: str = "auto", mfu: float | None = None, calibration: str = "") -> dict:
+    """Train `steps` steps on random tokens; returns {"rows": [(quantity, predicted, measured, unit)], ...}.
+
+    Step time is predicted by the per-operation model with this device's calibration (or its preset),
+    unless `mfu` asks for the old constant-MFU estimate."""
     from banyan.hardware import cpu, match_device_name
+    from banyan.plan.calibrate import device_key, throughput_for
     from banyan.parallel.env import DistEnv
     from banyan.train.trainer import build_parallel
 
@@ -103,21 +127,25 @@ def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int,
     static = M.static_bytes(specs, optim)
     act = M.activation_bytes(mc, micro_batch, seq, ac, chunk, e)
     acc = (match_device_name(torch.cuda.get_device_name(dev)) if cuda else None) or cpu()
-    rate = acc.peak_flops * mfu
+    tp = throughput_for(acc, device_key(dev), calibration or None)
     tokens = micro_batch * seq
-    flops = tokens * (S.flops_per_token(mc, specs, seq) + S.recompute_flops_per_token(mc, specs, seq, ac, chunk))
-    pred_time = flops / rate + S.optimizer_seconds(mc, specs, optim, 1, acc.mem_bw_gbs, acc.peak_flops, mfu)
+    pred_time = predicted_step_seconds(mc, specs, optim, micro_batch, seq, ac, chunk, tp, e, mfu, acc.peak_flops)
+    step_s = statistics.median(times[1:] or times)
     # hooks see what a checkpointed block keeps (its inputs) after forward, not its transient recompute
     recompute_peak = (tokens * M.layer_bytes_per_token(mc, e) if M.n_checkpointed(mc.n_layer, ac) else 0)
     rows = [("params", static["params"], measured["params"], "B"),
             ("grads", static["grads"], measured["grads"], "B"),
             ("optimizer state", static["optim"], measured["optim"], "B"),
             ("saved activations", act["total"] - recompute_peak, measured["activations"], "B"),
-            ("step time", pred_time, statistics.median(times[1:] or times), "s")]
+            ("step time", pred_time, step_s, "s")]
     if cuda:
         buf = sum(M.buffer_bytes(mc, specs, "single", ac, micro_batch, seq, chunk, e).values())
         pred_peak = static["params"] + static["grads"] + static["optim"] + act["total"] + buf
         rows.append(("peak allocated (CUDA)", pred_peak, torch.cuda.max_memory_allocated(dev), "B"))
-    return {"device": str(dev), "accelerator": acc.name, "peak_tflops": acc.tflops, "mfu": mfu, "optim": optim,
+    fpt = S.flops_per_token(mc, specs, seq)
+    return {"device": str(dev), "accelerator": acc.name, "peak_tflops": acc.tflops, "mfu": mfu,
+            "measured_mfu": tokens * fpt / step_s / acc.peak_flops, "speed_model": tp.source,
+            "throughput": {"matmul_tflops": tp.matmul_tflops, "d0": tp.d0, "mem_bw_gbs": tp.mem_bw_gbs,
+                           "launch_s": tp.launch_s}, "load_1min": _load(), "optim": optim,
             "ac": ac, "chunked_loss": chunk, "micro_batch": micro_batch, "seq": seq, "steps": steps,
             "final_loss": loss, "rows": rows}
