@@ -70,8 +70,8 @@ def test_hf_side_of_bench_train_runs_the_same_shapes():
 
 
 def test_bench_comm_does_not_pass_nproc_on_to_torchrun():
-    from banyan.parallel.bench_comm import _without_option
+    from banyan.parallel.launch import drop_option
 
-    assert _without_option(["--nproc", "1", "--max_mb", "4", "--nproc=2", "--out", "x"], "--nproc") == \
+    assert drop_option(["--nproc", "1", "--max_mb", "4", "--nproc=2", "--out", "x"], "--nproc") == \
         ["--max_mb", "4", "--out", "x"]
     assert sys.executable  # the parts run under this interpreter
