@@ -19,6 +19,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "sft": ("banyan.train.sft:main", "Supervised fine-tuning on conversations (--init RUN, --sft.data PATH|hf:NAME)."),
     "dpo": ("banyan.train.dpo:main", "Align a chat model on preference pairs (DPO, IPO, SimPO) from --init SFT_RUN."),
     "reward": ("banyan.train.reward:main", "Train a Bradley-Terry reward model on preference pairs from --init SFT_RUN."),
+    "grpo": ("banyan.train.grpo:main", "RL on a chat model (GRPO/Dr. GRPO/RLOO) with verifiable, Python or reward-model rewards."),
     "sample": ("banyan.train.sample:main", "Generate text from a checkpoint (KV cache, temperature/top-k/top-p)."),
     "chat": ("banyan.chat:main", "Chat with a checkpoint in its chat template (KV-cached turns, streamed replies)."),
     "bench train": ("banyan.train.bench:main", "Benchmark training throughput (tokens/s, MFU, memory) as JSON."),

@@ -86,6 +86,14 @@ class PlanConfig:
     """--validate: auto, cpu, cuda, cuda:1."""
     lora_rank: int | None = None
     """LoRA adapter rank to plan for (None: the recipe's lora.rank; 0: full training)."""
+    stage: Literal["pretrain", "sft", "dpo", "simpo", "reward", "grpo"] = "pretrain"
+    """Stage to plan: dpo and grpo (with --beta > 0) add a frozen reference model; grpo adds the rollout KV cache."""
+    group_size: int = 8
+    """--stage grpo: completions per prompt (G); the KV cache holds G x --prompts rows at --seq positions."""
+    prompts: int = 1
+    """--stage grpo: prompts per rollout on each GPU."""
+    beta: float = 0.04
+    """--stage grpo: KL weight (0: no reference model)."""
 
 
 def load_run_config(model: str | None, config: str | None, vocab_size: int | None,
@@ -156,6 +164,10 @@ def render(d: dict, plan_rows, hw_note: str) -> None:
     con.print("memory per GPU in GB (2^30 B); not-fitting rows show micro-batch 1. 'comm s' is communication "
               "not hidden behind compute; 'buffers' include bf16 weight copies and logits; total adds 1 GB CUDA "
               "context + 5% fragmentation; zero2/zero3 assume FSDP mixed precision (bf16 gathers).", style="dim")
+    extra = [(k, plan_rows[0].mem_gb[k]) for k in ("reference", "kv_cache") if plan_rows and k in plan_rows[0].mem_gb]
+    if extra:
+        con.print("total includes " + ", ".join(f"{k.replace('_', ' ')} {v:.2f} GB" for k, v in extra)
+                  + f" per GPU ({plan_rows[0].strategy}; zero2/zero3 shard the reference)", style="dim")
     rec = d["recommendation"]
     if rec:
         con.print(f"[bold green]Recommendation:[/] {escape(rec['why'])}")
@@ -214,8 +226,13 @@ def main(argv: list[str] | None = None) -> int:
                           args.gpu_tflops, args.gpu_mem_gb, args.gpu_mem_bw_gbs, args.bandwidth_gbs, args.network_gbs)
     gbt = args.global_batch_tokens or cfg.train.global_batch_tokens or cfg.train.micro_batch * seq * hw.world
     rank = cfg.lora.rank if args.lora_rank is None else args.lora_rank
+    if args.group_size < 1 or args.prompts < 1 or args.beta < 0:
+        raise BanyanError(f"--group_size and --prompts must be >= 1 and --beta >= 0, got {args.group_size}, "
+                          f"{args.prompts}, {args.beta}")
+    stage = M.StageMemory(args.stage, args.group_size, args.prompts, seq, args.beta)
     work = Workload(cfg.model, name, seq, gbt, args.mfu, chunk, 2 if args.reduce_dtype == "bf16" else 4,
-                    float(cfg.parallel.bucket_mb), specs=M.param_specs(cfg.model, rank, cfg.lora.targets))
+                    float(cfg.parallel.bucket_mb), specs=M.param_specs(cfg.model, rank, cfg.lora.targets),
+                    stage=stage if args.stage != "pretrain" else None)
     plan = make_plan(work, hw, _split(args.optim), _split(args.strategy) if args.strategy else None, _split(args.ac))
     d = plan_dict(work, hw, plan)
     if args.json:

@@ -258,3 +258,54 @@ def buffer_bytes(cfg: ModelConfig, specs: list[ParamSpec], strategy: str, ac: st
     if strategy in ("zero2", "zero3"):
         out["grad_staging"] = 4 * 2 * block_all
     return out
+
+
+# ----------------------------------------------------------------------------- post-training stages
+STAGES = ("pretrain", "sft", "dpo", "simpo", "reward", "grpo")
+
+
+@dataclass(frozen=True)
+class StageMemory:
+    """What a post-training stage holds beyond the policy's training state (`banyan plan --stage`).
+
+    reference  DPO / IPO, and GRPO with beta > 0: the frozen reference (banyan.train.reference), the
+               --init weights built like the policy without an optimizer: its parameters only, in the
+               policy's parameter dtype (fp32), sharded like the policy (zero2/zero3: / n); no grads,
+               no optimizer state, no saved activations (it runs under no_grad).
+    kv_cache   GRPO rollouts (banyan.model.generate): keys and values of every layer for
+               group_size x prompts rows at `length` positions (prompt + completion), in the
+               parameter dtype (the cache is made in the weights' dtype, fp32, even under autocast):
+               2 * n_layer * rows * n_kv_head * head_dim * length * 4 B. Counted in full although
+               generation ends before the training forward (the caching allocator keeps the blocks).
+    """
+
+    stage: str = "pretrain"
+    group_size: int = 1
+    prompts: int = 1
+    length: int = 0
+    beta: float = 0.0
+
+    @property
+    def has_reference(self) -> bool:
+        return self.stage == "dpo" or (self.stage == "grpo" and self.beta > 0)
+
+
+def reference_bytes(specs: list[ParamSpec], strategy: str, n: int, param_bytes: int = 4) -> float:
+    """The frozen reference's weights per GPU: the base parameters (no LoRA adapters), sharded like the policy."""
+    base = sum(s.numel for s in specs if s.kind != "lora")
+    return param_bytes * base / (n if strategy in ("zero2", "zero3") else 1)
+
+
+def kv_cache_bytes(cfg: ModelConfig, rows: int, length: int, cache_bytes: int = 4) -> float:
+    """K and V of every layer for `rows` sequences of `length` positions (banyan.model.common.KVCache)."""
+    cfg.finalize()
+    return 2.0 * cfg.n_layer * rows * cfg.n_kv_head * cfg.head_dim * length * cache_bytes
+
+
+def stage_bytes(stage: StageMemory, cfg: ModelConfig, specs: list[ParamSpec], strategy: str, n: int) -> dict:
+    """{"reference": B, "kv_cache": B} per GPU for `stage` (zeros where the stage holds neither)."""
+    if stage.stage not in STAGES:
+        raise ValueError(f"unknown stage {stage.stage!r}; expected one of {STAGES}")
+    ref = reference_bytes(specs, strategy, n) if stage.has_reference else 0.0
+    kv = kv_cache_bytes(cfg, stage.group_size * stage.prompts, stage.length) if stage.stage == "grpo" else 0.0
+    return {"reference": ref, "kv_cache": kv}

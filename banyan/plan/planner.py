@@ -86,6 +86,7 @@ class Workload:
     bucket_mb: float = 25.0
     compute_bytes: int = 2  # 2: bf16 autocast (GPU); 4: fp32 (CPU)
     specs: list[M.ParamSpec] = field(default_factory=list)
+    stage: M.StageMemory | None = None  # post-training extras: reference model, rollout KV cache
 
     def __post_init__(self):
         if not self.specs:
@@ -127,6 +128,7 @@ def memory_bytes(work: Workload, strategy: str, optim: str, ac: str, mb: int, n:
                              work.compute_bytes).values())
     out = {"params": st["params"] / (n if fsdp else 1), "grads": st["grads"] / (n if fsdp else 1) + unsharded,
            "optim": st["optim"] / shard_o, "activations": act, "buffers": buf,
+           **(M.stage_bytes(work.stage, work.cfg, work.specs, strategy, n) if work.stage else {}),
            "overhead": (M.CUDA_FIXED_BYTES + M.FRAGMENTATION * (act + buf)) if cuda else 0.0}
     out["total"] = sum(out.values())
     return out

@@ -1,0 +1,91 @@
+"""pass@1 (greedy) and pass@k (sampled) of a chat model on a reasoning task's held-out problems.
+
+    pass_sums(model, tok, template, task, problems, k, ...)  -> sums {n, pass1, passk, score} (one process's share)
+    evaluate_reasoning(model, tok, template, task, n, k, ...) -> {pass_at_1, pass_at_k, mean_score, n}
+    evaluate_checkpoint("runs/grpo", "arithmetic", n=500, k=4) the same from any run or checkpoint folder
+
+Each problem is asked as one user turn in the model's chat template; the reply is generated with the
+KV cache (banyan.model.generate) until <|end|> / <|eos|> or max_new_tokens, and graded by the task's
+verifier. A problem passes when its grade is 1. pass@k is the unbiased estimator of Chen et al.
+(2021) with n = k samples per problem at `temperature` (i.e. whether any of the k samples passes).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from banyan.data.chat import Turn
+from banyan.losses.grpo import pass_at_k
+
+
+def prompt_ids(tok, template: str, problem_text: str, system_prompt: str = "") -> list[int]:
+    """The chat-template ids asking `problem_text` as a user turn, ending with the assistant header."""
+    from banyan.data.chat_template import encode_prompt
+
+    turns = ([Turn("system", system_prompt)] if system_prompt else []) + [Turn("user", problem_text)]
+    return encode_prompt(tok, template, turns)
+
+
+def stop_ids(tok) -> list[int]:
+    """End-of-turn and end-of-document ids: a reply stops at either."""
+    return sorted({tok.special_id("<|end|>"), tok.eos_id})
+
+
+def completion_text(tok, ids: list[int]) -> str:
+    """The reply's text without its stop token."""
+    stops = set(stop_ids(tok))
+    return tok.decode([t for t in ids if t not in stops])
+
+
+@torch.no_grad()
+def pass_sums(model, tok, template: str, task, problems, k: int = 4, temperature: float = 1.0,
+              max_new_tokens: int = 32, seed: int = 0, system_prompt: str = "", autocast=None,
+              device=None) -> dict[str, float]:
+    """Sums over `problems` of greedy pass, pass@k and greedy grade, plus their count."""
+    import contextlib
+
+    from banyan.model.generate import generate_batch
+
+    if not problems:
+        return {"n": 0.0, "pass1": 0.0, "passk": 0.0, "score": 0.0}
+    ids = [prompt_ids(tok, template, p.prompt, system_prompt) for p in problems]
+    stops = stop_ids(tok)
+    with autocast or contextlib.nullcontext():
+        greedy = generate_batch(model, ids, max_new_tokens, stops, temperature=0.0, device=device)
+        g = torch.Generator(device=device or "cpu").manual_seed(seed)
+        sampled = generate_batch(model, [p for p in ids for _ in range(k)], max_new_tokens, stops,
+                                 temperature=temperature, generator=g, device=device)
+    scores = [task.score(p, completion_text(tok, t)) for p, t in zip(problems, greedy.tokens)]
+    passk = 0.0
+    for i, p in enumerate(problems):
+        c = sum(task.score(p, completion_text(tok, t)) >= 1.0 for t in sampled.tokens[i * k:(i + 1) * k])
+        passk += pass_at_k(k, c, k)
+    return {"n": float(len(problems)), "pass1": float(sum(s >= 1.0 for s in scores)), "passk": passk,
+            "score": float(sum(scores))}
+
+
+def summarize(sums: dict[str, float], k: int) -> dict[str, float]:
+    n = max(sums["n"], 1.0)
+    return {"pass_at_1": sums["pass1"] / n, f"pass_at_{k}": sums["passk"] / n, "mean_score": sums["score"] / n,
+            "n": int(sums["n"])}
+
+
+def evaluate_reasoning(model, tok, template: str, task, n: int = 100, k: int = 4, **kw) -> dict[str, float]:
+    """pass@1 / pass@k / mean grade on the task's first n held-out problems (one process)."""
+    return summarize(pass_sums(model, tok, template, task, task.held_out(n), k, **kw), k)
+
+
+def evaluate_checkpoint(path, task: str = "arithmetic", n: int = 100, k: int = 4, device: str = "cpu",
+                        seed: int = 0, **kw) -> dict[str, float]:
+    """evaluate_reasoning on a run or checkpoint folder (its weights, tokenizer and chat template).
+    `task` is a name for banyan.data.reasoning.load_task (built with seed `seed`) or a ReasoningTask."""
+    from banyan.data.chat_template import load_chat_template
+    from banyan.data.reasoning import load_task
+    from banyan.data.tokenizer import load_tokenizer
+    from banyan.export.source import load_source
+
+    src = load_source(path)
+    model = src.model.to(device).eval()
+    tok, template = load_tokenizer(src.ckpt / "tokenizer.json"), load_chat_template(src.ckpt)
+    t = load_task(task, seed) if isinstance(task, str) else task
+    return evaluate_reasoning(model, tok, template, t, n, k, device=torch.device(device), **kw)
