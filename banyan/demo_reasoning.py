@@ -1,8 +1,10 @@
 """`make demo-reasoning` / `banyan demo reasoning`: the whole post-training path on a verifiable task.
 
-    [1/4] a corpus of arithmetic text from the task's TRAINING problems, character-level shards
+    [1/4] a corpus of arithmetic text from the task's TRAINING problems, each with a short worked
+          solution ("What is 47 + 85? 7+5=12, 4+8+1=13, so 132"), character-level shards
     [2/4] pretrain a small Llama on it
-    [3/4] SFT: the same kind of problems as chat turns (user: "What is 37 + 45?", assistant: "82")
+    [3/4] SFT: the same kind of problems as chat turns (user: "What is 47 + 85?", assistant: the
+          worked solution)
     [4/4] GRPO with the task's exact-match verifier as the reward
 
 and greedy pass@1 on held-out problems after SFT and after GRPO. Held-out problems are those whose
@@ -20,15 +22,53 @@ from pathlib import Path
 
 from banyan.config import load_config
 
+MAX_NEW = 48  # characters of a reply: the longest worked solution of 3-digit operands is ~45
+
+
+def _columns(a: int, b: int, op: str) -> list[str]:
+    """Column steps of a + b or a - b (a >= b) from the units up: "7+5=12" carries 1 into the next
+    column ("4+8+1=13"); "3-9" borrows: "13-9=4", and the next column pays it back ("5-2-1=2")."""
+    da, db = str(a)[::-1], str(b)[::-1]
+    steps, carry = [], 0
+    for i in range(len(da)):
+        x, y = int(da[i]), int(db[i]) if i < len(db) else 0
+        if op == "+":
+            total = x + y + carry
+            steps.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={total}")
+            carry = total // 10
+        else:
+            diff = x - y - carry
+            pay = f"-{carry}" if carry else ""
+            carry = int(diff < 0)
+            steps.append(f"{x + 10 * carry}-{y}{pay}={diff + 10 * carry}")
+    if op == "+" and len(db) > len(da):  # b is longer: its remaining digits
+        for d in db[len(da):]:
+            total = int(d) + carry
+            steps.append(f"0+{d}" + (f"+{carry}" if carry else "") + f"={total}")
+            carry = total // 10
+    return steps
+
+
+def worked(problem) -> str:
+    """A short worked solution ending in the answer (the task grades the last integer), e.g. for
+    "What is 47 + 85?": "7+5=12, 4+8+1=13, so 132". Multiplication is answered directly."""
+    a, b, op = problem.meta["a"], problem.meta["b"], problem.meta["op"]
+    if op == "*":
+        return problem.answer
+    if op == "-" and a < b:  # a - b = -(b - a)
+        return f"{b}-{a}: " + ", ".join(_columns(b, a, "-")) + f", so {problem.answer}"
+    big, small = (a, b) if op == "-" or len(str(a)) >= len(str(b)) else (b, a)
+    return ", ".join(_columns(big, small, op)) + f", so {problem.answer}"
+
 
 def write_corpus(task, folder: Path, docs: int, per_doc: int, offset: int = 0) -> Path:
-    """jsonl of `docs` documents, each `per_doc` training problems "What is a + b? c" one per line."""
+    """jsonl of `docs` documents, each `per_doc` training problems with their worked solutions, one per line."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "arithmetic.jsonl"
     with path.open("w", encoding="utf-8") as f:
         for d in range(docs):
             lines = [task.train_problem(offset + d * per_doc + i) for i in range(per_doc)]
-            f.write(json.dumps({"text": "\n".join(f"{p.prompt} {p.answer}" for p in lines)}) + "\n")
+            f.write(json.dumps({"text": "\n".join(f"{p.prompt} {worked(p)}" for p in lines)}) + "\n")
     return path
 
 
@@ -38,7 +78,7 @@ def write_chats(task, path: Path, n: int, offset: int) -> Path:
         for i in range(n):
             p = task.train_problem(offset + i)
             f.write(json.dumps({"messages": [{"role": "user", "content": p.prompt},
-                                             {"role": "assistant", "content": p.answer}]}) + "\n")
+                                             {"role": "assistant", "content": worked(p)}]}) + "\n")
     return path
 
 
@@ -46,7 +86,7 @@ def held_out_pass(run: Path, task, n: int) -> float:
     """Greedy pass@1 of a run's latest checkpoint on the task's first n held-out problems."""
     from banyan.eval.reasoning import evaluate_checkpoint
 
-    return evaluate_checkpoint(run, task, n=n, k=1, max_new_tokens=8)["pass_at_1"]
+    return evaluate_checkpoint(run, task, n=n, k=1, max_new_tokens=MAX_NEW)["pass_at_1"]
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -60,6 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--pretrain_steps", type=int, default=300)
     ap.add_argument("--sft_steps", type=int, default=100)
     ap.add_argument("--grpo_steps", type=int, default=60)
+    ap.add_argument("--grpo_lr", type=float, default=3e-4)
     args = ap.parse_args(argv)
     if args.quick:
         args.held_out, args.pretrain_steps, args.sft_steps, args.grpo_steps = 40, 20, 10, 3
@@ -125,11 +166,11 @@ def grpo(src: Path, out: Path, args) -> dict:
 
     cfg = load_config(GRPOConfig, overrides={
         "init": str(src), "out": str(out),
-        "grpo": {"task": "arithmetic", "max_digits": args.digits, "ops": args.ops, "prompts_per_step": 16,
-                 "group_size": 8, "max_new_tokens": 8, "temperature": 1.0, "eval_prompts": 0, "beta": 0.0},
-        "train": {"max_steps": args.grpo_steps, "seq_len": 128, "micro_batch": 128, "eval_every": 0,
+        "grpo": {"task": "arithmetic", "max_digits": args.digits, "ops": args.ops, "prompts_per_step": 8,
+                 "group_size": 8, "max_new_tokens": MAX_NEW, "temperature": 1.0, "eval_prompts": 0, "beta": 0.0},
+        "train": {"max_steps": args.grpo_steps, "seq_len": 128, "micro_batch": 64, "eval_every": 0,
                   "log_every": 5, "device": "cpu", "dtype": "fp32"},
-        "optim": {"name": "adamw", "lr": 1e-4, "warmup_steps": 0}, "checkpoint": {"every": 0},
+        "optim": {"name": "adamw", "lr": args.grpo_lr, "warmup_steps": 0}, "checkpoint": {"every": 0},
         "log": {"tensorboard": False}})
     print(f"[4/4] GRPO with the exact-match verifier for {args.grpo_steps} steps "
           f"({cfg.grpo.prompts_per_step} prompts x {cfg.grpo.group_size} completions each) ...")
