@@ -7,7 +7,7 @@ QUICK ?=
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test test-all clean gpu-check gpu-wheels
+.PHONY: install demo demo-reasoning test test-all clean gpu-check gpu-wheels
 
 install: $(STAMP)
 
@@ -27,6 +27,9 @@ $(STAMP): pyproject.toml constraints.txt
 
 demo: $(STAMP)
 	$(PY) -m banyan.demo $(if $(QUICK),--quick,)
+
+demo-reasoning: $(STAMP)
+	$(PY) -m banyan.demo_reasoning $(if $(QUICK),--quick,)
 
 test: $(STAMP)
 	$(PY) -m pytest -q -x --durations=15

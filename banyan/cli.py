@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("banyan.eval.run:main", "Score a run, checkpoint or HF folder: bpb, HellaSwag/ARC/PIQA, exact match."),
     "push": ("banyan.export.push:main", "Export a run and upload it to the Hugging Face Hub (W&B too with --log.wandb)."),
     "checkpoint consolidate": ("banyan.train.consolidate:main", "Merge a sharded checkpoint into one safetensors file."),
+    "demo reasoning": ("banyan.demo_reasoning:main", "Pretrain -> SFT -> GRPO on arithmetic; held-out pass@1 after SFT and GRPO."),
     "rl train": ("banyan.rl.train:main", "Train PPO or DQN on a Gymnasium environment through TorchRL."),
     "rl compare": ("banyan.rl.compare:main", "Run an env x policy x seed grid and tabulate the results."),
     "rl check-env": ("banyan.rl.check_env:main", "Probe an environment for design mistakes and loopholes."),
