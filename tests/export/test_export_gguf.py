@@ -157,3 +157,35 @@ def test_refusals_are_exit_2_and_write_nothing(tmp_path, chat_tok, capsys):
         cli(["export", "gguf", "--src", str(tmp_path / "gpt2"), "--out", str(tmp_path / "m.gguf"), "--dtype", "q4_k"])
     assert exc.value.code == 2 and "q8_0" in capsys.readouterr().err
     assert not any(n.endswith(".gguf") or ".tmp" in n for n in os.listdir(tmp_path))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("dtype", ["f16", "q8_0"])
+def test_llama_cpp_reads_the_file_like_banyan(tmp_path, chat_tok, dtype):
+    """llama.cpp itself (llama-cpp-python, built from its source release) loads the export: its tokenizer
+    splits text into banyan's ids, and its next-token logits match banyan's (f16: max abs diff <= 1e-2;
+    q8_0: the same top-1 token on >= 95% of positions)."""
+    llama_cpp = pytest.importorskip("llama_cpp")
+    tok = load_tokenizer(chat_tok)
+    model = tiny_model("llama", tok.vocab_size, tie=False, n_kv_head=2)
+    save_single(tmp_path / "run", model, chat_tok)
+    path = export_gguf(ExportGGUFConfig(src=str(tmp_path / "run"), out=str(tmp_path / "m.gguf"), dtype=dtype))
+    llm = llama_cpp.Llama(model_path=str(path), logits_all=True, n_ctx=64, n_threads=2, verbose=False)
+    worst, agree, total = 0.0, 0, 0
+    for text in ("To be, or not to be, that is the question", "ROMEO: What light through yonder window?",
+                 "  spaces, 123 numbers and\nnew lines"):
+        ids = tok.encode(text)
+        assert llm.tokenize(text.encode(), add_bos=False, special=False) == ids, text
+        llm.reset()
+        llm.eval(ids)
+        theirs = np.array(llm.scores[:len(ids)], dtype=np.float32)
+        with torch.no_grad():
+            ours = model(torch.tensor([ids]))[0].float().numpy()
+        worst = max(worst, float(np.abs(ours - theirs).max()))
+        agree += int((ours.argmax(-1) == theirs.argmax(-1)).sum())
+        total += len(ids)
+    print(f"llama.cpp {dtype}: max |logit diff| {worst:.2e}, top-1 agreement {agree}/{total}")
+    if dtype == "f16":
+        assert worst <= 1e-2
+    else:
+        assert agree / total >= 0.95

@@ -187,6 +187,7 @@ def test_prompt_mode_prints_only_the_reply(run, capsys):
 def test_a_sharded_checkpoint_chats_like_its_single_file_twin(run, tmp_path, capsys):
     import torch.distributed.checkpoint as dcp
 
+    from banyan.manifest import write_manifest
     from banyan.train.dist_checkpoint import quiet_single_process
 
     single = run / "checkpoints" / "step_000004"
@@ -196,6 +197,7 @@ def test_a_sharded_checkpoint_chats_like_its_single_file_twin(run, tmp_path, cap
     (sharded / "model.safetensors").unlink()
     with quiet_single_process():
         dcp.save({"model": model.state_dict()}, checkpoint_id=str(sharded / "dcp"))
+    write_manifest(sharded, "checkpoint")  # the files changed: a stale manifest would (rightly) refuse them
     args = ["--prompt", "Speak.", "--temperature", "0", "--max_new_tokens", "8"]
     replies = [chat_cli(["--ckpt", str(c), *args], capsys)[:2] for c in (single, sharded)]
     assert replies[0] == replies[1] and replies[0][0] == 0 and replies[0][1].strip()
