@@ -10,6 +10,8 @@ import sys
 import time
 
 import pytest
+
+from banyan.manifest import write_manifest
 import torch
 
 from banyan.chat import ChatConfig, ChatSession, TextStream, open_session
@@ -187,7 +189,6 @@ def test_prompt_mode_prints_only_the_reply(run, capsys):
 def test_a_sharded_checkpoint_chats_like_its_single_file_twin(run, tmp_path, capsys):
     import torch.distributed.checkpoint as dcp
 
-    from banyan.manifest import write_manifest
     from banyan.train.dist_checkpoint import quiet_single_process
 
     single = run / "checkpoints" / "step_000004"
@@ -207,6 +208,7 @@ def test_missing_template_falls_back_to_the_default_and_says_so(run, tmp_path, c
     ckpt = tmp_path / "ckpt"
     shutil.copytree(run / "checkpoints" / "step_000004", ckpt)
     (ckpt / "tokenizer_config.json").unlink()
+    write_manifest(ckpt, "checkpoint")  # a checkpoint that never had one (a stale manifest refuses it)
     rc, _, err = chat_cli(["--ckpt", str(ckpt), "--prompt", "Hi", "--max_new_tokens", "4"], capsys)
     assert rc == 0, err
     assert err.count("using banyan's default template") == 1
@@ -216,6 +218,7 @@ def test_bad_ckpt_exits_2_with_one_line(run, tmp_path, capsys):
     broken = tmp_path / "broken"
     shutil.copytree(run / "checkpoints" / "step_000004", broken)
     (broken / "tokenizer_config.json").write_text('{"chat_template": "{% for m in messages %}"}')
+    write_manifest(broken, "checkpoint")  # the template itself is what is broken, not the files
     for bad in (tmp_path / "nowhere", tmp_path, broken):
         rc, out, err = chat_cli(["--ckpt", str(bad), "--prompt", "Hi"], capsys)
         lines = err.strip().splitlines()
