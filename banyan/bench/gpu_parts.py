@@ -16,7 +16,6 @@ part stopped at its time cap still leaves what it measured.
 
 from __future__ import annotations
 
-import copy
 import json
 import statistics
 import time
@@ -69,45 +68,21 @@ def _bench_cfg(model: str, seq: int, mb: int, compile_: bool, cpu: bool):
     return parse_cli(BenchTrainConfig, argv, prog="gpu-check bench")
 
 
-def hf_bench(mc, micro_batch: int, seq: int, compile_: bool, warmup: int, steps: int, dev: torch.device) -> dict:
-    """HF transformers' CausalLM of the same shapes, trained the way `banyan bench train` trains (bf16
-    autocast on CUDA, fused AdamW, clipping at 1.0, fp32 master weights); tokens/s and peak memory."""
-    import transformers
+def hf_bench(cfg, dev: torch.device) -> dict:
+    """HF transformers' CausalLM of cfg's shapes, trained as `banyan bench train` trains (banyan.train.bench.
+    hf_step: same autocast, AdamW, clipping); tokens/s and peak memory."""
+    from banyan.train.bench import hf_step, timed
 
-    from banyan.model.hf import config_to_hf
-
-    torch.manual_seed(0)
-    model = transformers.AutoModelForCausalLM.from_config(config_to_hf(copy.deepcopy(mc)),
-                                                          attn_implementation="sdpa").to(dev)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=dev.type == "cuda" or None)
-    fwd = torch.compile(model) if compile_ else model
-    x = torch.randint(0, mc.vocab_size, (micro_batch, seq), device=dev)
+    step, version = hf_step(cfg.model, cfg, dev)
     cuda = dev.type == "cuda"
-
-    def step():
-        with torch.autocast(dev.type, dtype=torch.bfloat16, enabled=cuda):
-            loss = fwd(input_ids=x, labels=x).loss  # HF shifts labels inside
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        if cuda:
-            torch.cuda.synchronize(dev)
-
-    for _ in range(warmup):
-        step()
+    timed(step, cfg.warmup, cuda)
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
-    times = []
-    for _ in range(steps):
-        t0 = time.perf_counter()
-        step()
-        times.append(time.perf_counter() - t0)
-    ms = statistics.median(times) * 1e3
+    ms = statistics.median(timed(step, cfg.steps, cuda)) * 1e3
     peak = torch.cuda.max_memory_allocated(dev) / 2**20 if cuda else None
-    del model, opt, fwd
-    return {"ms_per_step": round(ms, 2), "tokens_per_s": round(micro_batch * seq / (ms / 1e3), 1),
-            "peak_mem_mb": round(peak, 1) if peak else None, "transformers": transformers.__version__}
+    tokens = cfg.train.micro_batch * cfg.train.seq_len
+    return {"ms_per_step": round(ms, 2), "tokens_per_s": round(tokens / (ms / 1e3), 1),
+            "peak_mem_mb": round(peak, 1) if peak else None, "transformers": version}
 
 
 def _free():
@@ -132,12 +107,10 @@ def part_bench(out: Path, cpu: bool) -> None:
             if cpu:  # a 2-layer, 256-wide model of the preset's family: seconds, not minutes
                 cfg.model.n_layer, cfg.model.d_model, cfg.model.n_head, cfg.model.n_kv_head = 2, 128, 2, 0
                 cfg.model.d_ff, cfg.model.vocab_size = 0, 1024
-            mc = copy.deepcopy(cfg.model)
-            r = bench(cfg)
+            r = bench(cfg)  # finalizes cfg (derived model sizes) for the HF side too
             row.update({k: r[k] for k in ("tokens_per_s", "ms_per_step", "mfu", "peak_mem_mb", "params", "device")})
             _free()
-            mc.finalize()
-            hf = hf_bench(mc, mb, seq, comp, cfg.warmup, cfg.steps, torch.device("cpu" if cpu else "cuda"))
+            hf = hf_bench(cfg, torch.device("cpu" if cpu else "cuda"))
             row["hf"] = hf
             row["ratio_vs_hf"] = round(row["tokens_per_s"] / hf["tokens_per_s"], 3)
         except Exception as e:  # noqa: BLE001 - one failed shape is recorded; the others still run

@@ -1,7 +1,12 @@
 """`banyan bench train`: steady-state training throughput as JSON (tokens/s, ms/step, MFU, memory).
 
 Runs `warmup` steps (compile, allocator warm-up), then times `steps` steps of the same shared
-train step the trainer uses, on random tokens (no data folder needed).
+train step the trainer uses, on random tokens (no data folder needed). `--compare hf` also times HF
+transformers' model of the same shapes in the same process, interleaved round by round, and reports
+banyan's tokens/s over the peer's per round (median and spread):
+
+    banyan bench train --preset gpt2-124m --optim.name adamw --compare hf --rounds 5
+
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ import statistics
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
@@ -28,11 +34,78 @@ class BenchTrainConfig(RunConfig):
     warmup: int = 3
     """Untimed steps first (compilation, allocator)."""
     steps: int = 10
-    """Timed steps."""
+    """Timed steps (per round with --compare)."""
+    compare: Literal["", "hf"] = ""
+    """hf: also time HF transformers' LlamaForCausalLM / GPT2LMHeadModel of the same shapes, dtype and
+    optimizer (AdamW) in this process, interleaved with banyan's step round by round, and report the ratio."""
+    rounds: int = 3
+    """--compare: interleaved rounds (banyan's steps, then the peer's); the ratio's spread is over rounds."""
     json_out: str = ""
     """Also write the JSON result to this file."""
 
-    ranges = {**RunConfig.ranges, "warmup": (0, None), "steps": (1, None)}  # checked by parse_cli
+    ranges = {**RunConfig.ranges, "warmup": (0, None), "steps": (1, None), "rounds": (1, None)}  # checked by parse_cli
+
+
+def timed(step, n: int, cuda: bool) -> list[float]:
+    """Seconds of each of n calls of `step` (synchronised on CUDA)."""
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        step()
+        if cuda:
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def hf_step(mc, cfg: BenchTrainConfig, dev: torch.device):
+    """(step closure, transformers version): HF's model of banyan's shapes (banyan.model.hf.config_to_hf),
+    trained the way banyan's step trains: the same autocast, AdamW with the same lr/betas/decay (fused on
+    CUDA), clipping at train.grad_clip, random tokens of the same micro-batch (HF shifts labels inside)."""
+    import copy
+
+    import transformers
+
+    from banyan.model.hf import config_to_hf
+
+    torch.manual_seed(cfg.train.seed)
+    model = transformers.AutoModelForCausalLM.from_config(config_to_hf(copy.deepcopy(mc)),
+                                                          attn_implementation="sdpa").to(dev)
+    o = cfg.optim
+    opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
+                            fused=True if dev.type == "cuda" else None)
+    fwd = torch.compile(model) if cfg.train.compile else model
+    x = torch.randint(0, mc.vocab_size, (cfg.train.micro_batch, cfg.train.seq_len), device=dev)
+    autocast = autocast_for(dev, cfg.train.dtype)
+
+    def step():
+        with autocast:
+            loss = fwd(input_ids=x, labels=x).loss
+        loss.backward()
+        if cfg.train.grad_clip:
+            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+
+    return step, transformers.__version__
+
+
+def compare_hf(cfg: BenchTrainConfig, ours, dev: torch.device, tokens: int) -> dict:
+    """Interleaved rounds of banyan's step and HF's: {hf: ..., ratio per round, median, spread}."""
+    theirs, version = hf_step(cfg.model, cfg, dev)
+    cuda = dev.type == "cuda"
+    timed(theirs, cfg.warmup, cuda)
+    rounds = []
+    for _ in range(cfg.rounds):
+        mine_ms = statistics.median(timed(ours, cfg.steps, cuda)) * 1e3
+        hf_ms = statistics.median(timed(theirs, cfg.steps, cuda)) * 1e3
+        rounds.append({"banyan_ms": round(mine_ms, 2), "hf_ms": round(hf_ms, 2), "ratio": round(hf_ms / mine_ms, 3)})
+    ratios = [r["ratio"] for r in rounds]
+    hf_ms = statistics.median(r["hf_ms"] for r in rounds)
+    return {"peer": f"transformers {version}", "peer_ms_per_step": hf_ms,
+            "peer_tokens_per_s": round(tokens / (hf_ms / 1e3), 1), "rounds": rounds,
+            "ratio_median": statistics.median(ratios), "ratio_min": min(ratios), "ratio_max": max(ratios),
+            "ratio_is": "banyan tokens/s / peer tokens/s (> 1: banyan is faster)"}
 
 
 def bench(cfg: BenchTrainConfig) -> dict:
@@ -43,6 +116,9 @@ def bench(cfg: BenchTrainConfig) -> dict:
     env = DistEnv.from_env(cfg.train.device)
     if cfg.model.vocab_size == 0:
         cfg.model.vocab_size = 2048
+    if cfg.compare and (env.world_size > 1 or cfg.optim.name != "adamw" or cfg.grad_accum(1) != 1):
+        raise ConfigError("--compare hf times one process, one micro-batch per step and AdamW on both sides: "
+                          "pass --optim.name adamw and no --nproc / --train.global_batch_tokens")
     cfg.finalize()
     torch.manual_seed(cfg.train.seed)
     par, opt = build_parallel(cfg, env)  # the Trainer's own set-up: meta build, parallelize, init
@@ -57,34 +133,28 @@ def bench(cfg: BenchTrainConfig) -> dict:
         return causal_lm_loss(model, batch, cfg.train.chunked_loss)
 
     def one_step():
-        r = train_step(par.model, opt, batches, loss_fn, labelled_count,
-                       cfg.train.grad_clip, autocast, par.no_sync)
-        if env.device.type == "cuda":
-            torch.cuda.synchronize()
-        return r
+        return train_step(par.model, opt, batches, loss_fn, labelled_count, cfg.train.grad_clip, autocast, par.no_sync)
 
-    for _ in range(cfg.warmup):
-        one_step()
-    if env.device.type == "cuda":
+    cuda = env.device.type == "cuda"
+    timed(one_step, cfg.warmup, cuda)
+    if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(cfg.steps):
-        t0 = time.perf_counter()
-        one_step()
-        times.append(time.perf_counter() - t0)
+    times = timed(one_step, cfg.steps, cuda)
     tokens = n_micro * B * T * env.world_size
     ms = statistics.median(times) * 1000
     tps = tokens / (ms / 1000)
     peak = peak_flops_for(env.device, cfg.train.dtype) * env.world_size
     result = {
         "strategy": par.strategy, "is_main": env.is_main,
-        "device": torch.cuda.get_device_name(env.device) if env.device.type == "cuda" else "cpu",
+        "device": torch.cuda.get_device_name(env.device) if cuda else "cpu",
         "world_size": env.world_size, "params": par.raw.num_params(), "tokens_per_step": tokens,
         "ms_per_step": round(ms, 2), "ms_per_step_min": round(min(times) * 1000, 2),
         "tokens_per_s": round(tps, 1), "mfu": round(par.raw.flops_per_token(T) * tps / peak, 4),
         "peak_flops": peak, "peak_mem_mb": round(peak_memory_mb(env.device), 1),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "config": to_dict(cfg),
     }
+    if cfg.compare == "hf":
+        result["compare"] = compare_hf(cfg, one_step, env.device, tokens)
     env.close()
     return result
 

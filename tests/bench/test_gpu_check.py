@@ -58,15 +58,40 @@ def test_targets_are_checked_against_the_figures():
                                                                "rc": 0, "result": bench}}})
 
 
+TINY = ["--model.arch", "llama", "--model.vocab_size", "256", "--model.n_layer", "2", "--model.n_head", "2",
+        "--model.n_kv_head", "1", "--model.d_model", "64", "--model.max_seq_len", "64", "--train.seq_len", "32",
+        "--train.micro_batch", "2", "--train.global_batch_tokens", "0", "--optim.name", "adamw",
+        "--train.device", "cpu", "--warmup", "1", "--steps", "2"]
+
+
 def test_hf_side_of_bench_train_runs_the_same_shapes():
     pytest.importorskip("transformers")
     from banyan.bench.gpu_parts import hf_bench
-    from banyan.model.config import ModelConfig
+    from banyan.config import parse_cli
+    from banyan.train.bench import BenchTrainConfig
 
-    mc = ModelConfig(arch="llama", vocab_size=256, n_layer=2, n_head=2, n_kv_head=1, d_model=64, max_seq_len=64)
-    mc.finalize()
-    r = hf_bench(mc, 2, 32, False, 1, 2, torch.device("cpu"))
+    cfg = parse_cli(BenchTrainConfig, TINY)
+    cfg.finalize()
+    r = hf_bench(cfg, torch.device("cpu"))
     assert r["tokens_per_s"] > 0 and r["ms_per_step"] > 0 and r["peak_mem_mb"] is None
+
+
+def test_bench_train_compare_hf_interleaves_rounds(tmp_path, capsys):
+    """`banyan bench train --compare hf`: per-round times of both sides and their ratio in the JSON."""
+    pytest.importorskip("transformers")
+    from banyan.cli import main as cli
+
+    out = tmp_path / "b.json"
+    assert cli(["bench", "train", *TINY, "--compare", "hf", "--rounds", "2", "--json_out", str(out)]) == 0
+    c = json.loads(out.read_text())["compare"]
+    assert len(c["rounds"]) == 2 and c["peer"].startswith("transformers ")
+    for r in c["rounds"]:
+        assert r["ratio"] == pytest.approx(r["hf_ms"] / r["banyan_ms"], rel=1e-2)
+    assert c["ratio_min"] <= c["ratio_median"] <= c["ratio_max"]
+    capsys.readouterr()
+    muon = [a if a != "adamw" else "muon" for a in TINY]
+    assert cli(["bench", "train", *muon, "--compare", "hf"]) == 2
+    assert "--optim.name adamw" in capsys.readouterr().err
 
 
 def test_bench_comm_does_not_pass_nproc_on_to_torchrun():
