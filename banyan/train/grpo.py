@@ -16,6 +16,13 @@ A Task on the shared Trainer (banyan/train/trainer.py); nothing here loops over 
               rollout serves grpo.ppo_epochs optimizer steps and sits in the Task's state, so a
               resume in the middle of it is exact
     count     completion tokens (token-level averaging); dr_grpo: rows x max_new_tokens (a constant)
+    no signal a step whose groups all have equal rewards (every advantage 0) and beta == 0 has a
+              zero gradient: has_signal() is False and the Trainer skips the optimizer step
+              (weights and Adam state bit-identical, no momentum / weight-decay drift; counted
+              as skipped_no_signal). Tokens of all-equal groups stay in the count of a step
+              that does update (TRL's token-level normalisation, not DAPO's exclusion): the step
+              size then scales with the share of informative groups, a damping when a few lucky
+              groups carry the whole signal, and reward / entropy logs stay over all rollouts
     loss      sum over completion tokens of the clipped surrogate + beta * KL (k1 | k3)
     evaluate  pass@1 (greedy) and pass@k (sampled) on held-out problems (banyan.eval.reasoning)
     end       OUT/plots/grpo.png: reward mean and val pass@1 against steps
@@ -262,6 +269,10 @@ class GRPOTask(Task):
         if self.s.advantage == "dr_grpo":  # Dr. GRPO: a constant denominator, no length normalisation
             return torch.tensor(batch["input_ids"].size(0) * self.s.max_new_tokens)
         return (batch["labels"] != IGNORE).sum()
+
+    def has_signal(self, batches: list[Batch]) -> bool:
+        """Any non-zero advantage (a group with unequal rewards), or a KL term (beta > 0) to follow."""
+        return self.s.beta > 0 or any(bool((b["adv"] != 0).any()) for b in batches)
 
     def loss(self, model: nn.Module, batch: Batch):
         from banyan.losses.grpo import clipped_surrogate, kl_per_token
