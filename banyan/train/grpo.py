@@ -54,7 +54,9 @@ class GRPOSection:
     task: str = "arithmetic"
     """Problems and verifier: arithmetic, countdown, or rg:NAME (reasoning-gym, when installed)."""
     max_digits: int = 2
-    """arithmetic: digits per operand (1..max_digits)."""
+    """arithmetic: digits per operand (min_digits..max_digits)."""
+    min_digits: int = 1
+    """arithmetic: the fewest digits per operand (= max_digits: fixed-width operands)."""
     ops: str = "+-*"
     """arithmetic: operators to draw from."""
     countdown_numbers: int = 3
@@ -104,7 +106,8 @@ class GRPOConfig(RunConfig):
     out: str = "runs/grpo"
     """Output folder for config.toml, metrics, plots and checkpoints."""
 
-    ranges = {**RunConfig.ranges, "grpo.max_digits": (1, 18), "grpo.countdown_numbers": (2, 8),
+    ranges = {**RunConfig.ranges, "grpo.max_digits": (1, 18), "grpo.min_digits": (1, 18),
+              "grpo.countdown_numbers": (2, 8),
               "grpo.countdown_max": (2, None), "grpo.prompts_per_step": (1, None), "grpo.group_size": (1, None),
               "grpo.max_new_tokens": (1, None), "grpo.temperature": (1e-6, None), "grpo.top_k": (0, None),
               "grpo.beta": (0.0, None), "grpo.clip_low": (0.0, 1.0), "grpo.clip_high": (0.0, None),
@@ -135,7 +138,7 @@ class GRPOTask(Task):
 
         s, self.env = self.s, env
         self.ck, self.tokenizer, self.template = chat_source(cfg)
-        self.task = load_task(s.task, cfg.train.seed, max_digits=s.max_digits, ops=s.ops,
+        self.task = load_task(s.task, cfg.train.seed, max_digits=s.max_digits, ops=s.ops, min_digits=s.min_digits,
                               n_numbers=s.countdown_numbers, max_number=s.countdown_max)
         if s.reward and s.reward_model:
             raise ConfigError("give one of --grpo.reward (a function) and --grpo.reward_model (a run), not both")
