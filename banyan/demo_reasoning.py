@@ -89,25 +89,36 @@ def held_out_pass(run: Path, task, n: int) -> float:
     return evaluate_checkpoint(run, task, n=n, k=1, max_new_tokens=MAX_NEW)["pass_at_1"]
 
 
-def main(argv: list[str] | None = None) -> int:
+def parse_args(argv: list[str] | None):
     ap = argparse.ArgumentParser(prog="banyan demo reasoning", description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--quick", action="store_true", help="a ~1 minute version (CI): tiny counts")
+    ap.add_argument("--quick", action="store_true", help="a ~1 minute version: tiny counts")
     ap.add_argument("--out", default="runs/reasoning", help="folder for the data and the three runs (replaced)")
-    ap.add_argument("--digits", type=int, default=2, help="digits per operand")
-    ap.add_argument("--ops", default="+-", help="operators")
+    ap.add_argument("--digits", type=int, default=2, help="digits per operand (at most)")
+    ap.add_argument("--min_digits", type=int, default=2, help="digits per operand (at least; = --digits: fixed width)")
+    ap.add_argument("--ops", default="+", help="operators")
     ap.add_argument("--held_out", type=int, default=500, help="held-out problems scored after SFT and GRPO")
+    ap.add_argument("--layers", type=int, default=4, help="transformer blocks of the model")
+    ap.add_argument("--width", type=int, default=64, help="d_model (4 heads, d_ff = 3 x width)")
     ap.add_argument("--pretrain_steps", type=int, default=300)
-    ap.add_argument("--sft_steps", type=int, default=100)
-    ap.add_argument("--grpo_steps", type=int, default=60)
-    ap.add_argument("--grpo_lr", type=float, default=3e-4)
+    ap.add_argument("--sft_steps", type=int, default=60)
+    ap.add_argument("--grpo_steps", type=int, default=40)
+    ap.add_argument("--grpo_lr", type=float, default=1e-3)
+    ap.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step")
+    ap.add_argument("--group", type=int, default=8, help="GRPO completions per prompt")
+    ap.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature")
     args = ap.parse_args(argv)
     if args.quick:
         args.held_out, args.pretrain_steps, args.sft_steps, args.grpo_steps = 40, 20, 10, 3
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
     t0 = time.time()
     from banyan.data.reasoning import ArithmeticTask
 
-    task = ArithmeticTask(seed=0, max_digits=args.digits, ops=args.ops)
+    task = ArithmeticTask(seed=0, max_digits=args.digits, ops=args.ops, min_digits=args.min_digits)
     root = Path(args.out)
     if root.exists():
         shutil.rmtree(root)  # the demo's own folder
@@ -118,33 +129,50 @@ def main(argv: list[str] | None = None) -> int:
 
     prepare(PrepareConfig(source=str(corpus), out=str(root / "data"), tokenizer="char", workers=1, val_fraction=0.1,
                           progress=False))
-    pretrain(root / "data", runs["pretrain"], args.pretrain_steps)
+    clock = {}
+    t = time.time()
+    pretrain(root / "data", runs["pretrain"], args)
+    clock["pretrain"], t = time.time() - t, time.time()
     sft(runs["pretrain"], runs["sft"], write_chats(task, root / "chats.jsonl", 20000, offset=10**6), args.sft_steps)
+    clock["sft"], t = time.time() - t, time.time()
     after_sft = held_out_pass(runs["sft"], task, args.held_out)
     print(f"held-out pass@1 after SFT: {after_sft:.1%} on {args.held_out} problems")
+    clock["eval"], t = time.time() - t, time.time()
     summary = grpo(runs["sft"], runs["grpo"], args)
+    clock["grpo"], t = time.time() - t, time.time()
     after_grpo = held_out_pass(runs["grpo"], task, args.held_out)
-    print("-" * 60)
-    print(f"held-out greedy pass@1 ({args.held_out} problems never seen in training):")
-    print(f"  after SFT   {after_sft:6.1%}\n  after GRPO  {after_grpo:6.1%}   ({(after_grpo - after_sft) * 100:+.1f} points)")
-    print(f"GRPO: {summary.get('samples_per_s', 0):.1f} completions/s; curves: {summary.get('grpo_plot', '-')}")
-    print(f"total {time.time() - t0:.0f}s")
+    clock["eval"] += time.time() - t
+    report(args, after_sft, after_grpo, summary, clock, time.time() - t0)
     return 0
 
 
-def pretrain(data: Path, out: Path, steps: int) -> None:
+def report(args, after_sft: float, after_grpo: float, summary: dict, clock: dict, total: float) -> None:
+    """The final table: held-out greedy pass@1 after each stage, GRPO figures, time per stage."""
+    print("-" * 64)
+    print(f"held-out greedy pass@1 on {args.held_out} {args.digits}-digit {' '.join(args.ops)} problems "
+          f"(never seen in training)")
+    print(f"  after SFT    {after_sft:6.1%}")
+    print(f"  after GRPO   {after_grpo:6.1%}   ({(after_grpo - after_sft) * 100:+.1f} points)")
+    print(f"GRPO: {summary.get('step', 0)} steps, {summary.get('skipped_no_signal', 0)} skipped without signal, "
+          f"{summary.get('samples_per_s', 0):.1f} completions/s; curves: {summary.get('grpo_plot', '-')}")
+    print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in clock.items()) + f"; total {total:.0f}s")
+
+
+def pretrain(data: Path, out: Path, args) -> None:
     from banyan.config import RunConfig
     from banyan.train.pretrain import train
 
     cfg = load_config(RunConfig, overrides={
         "data": {"path": str(data)}, "out": str(out),
-        "model": {"arch": "llama", "n_layer": 4, "d_model": 128, "n_head": 4, "n_kv_head": 4, "d_ff": 384,
-                  "max_seq_len": 128},
-        "train": {"max_steps": steps, "seq_len": 128, "micro_batch": 32, "eval_every": 0, "eval_batches": 4,
+        "model": {"arch": "llama", "n_layer": args.layers, "d_model": args.width, "n_head": 4, "n_kv_head": 4,
+                  "d_ff": 3 * args.width, "max_seq_len": 128},
+        "train": {"max_steps": args.pretrain_steps, "seq_len": 128, "micro_batch": 32, "eval_every": 0,
+                  "eval_batches": 4,
                   "log_every": 25, "device": "cpu", "dtype": "fp32"},
         "optim": {"name": "adamw", "lr": 3e-3, "warmup_steps": 20}, "checkpoint": {"every": 0},
         "log": {"tensorboard": False}})
-    print(f"[2/4] pretraining a {cfg.model.n_layer}-layer, width-{cfg.model.d_model} Llama for {steps} steps ...")
+    print(f"[2/4] pretraining a {cfg.model.n_layer}-layer, width-{cfg.model.d_model} Llama "
+          f"for {args.pretrain_steps} steps ...")
     train(cfg)
 
 
@@ -166,12 +194,14 @@ def grpo(src: Path, out: Path, args) -> dict:
 
     cfg = load_config(GRPOConfig, overrides={
         "init": str(src), "out": str(out),
-        "grpo": {"task": "arithmetic", "max_digits": args.digits, "ops": args.ops, "prompts_per_step": 8,
-                 "group_size": 8, "max_new_tokens": MAX_NEW, "temperature": 1.0, "eval_prompts": 0, "beta": 0.0},
+        "grpo": {"task": "arithmetic", "max_digits": args.digits, "min_digits": args.min_digits, "ops": args.ops,
+                 "prompts_per_step": args.prompts, "group_size": args.group, "max_new_tokens": MAX_NEW,
+                 "temperature": args.temperature, "eval_prompts": 0, "beta": 0.0},
         "train": {"max_steps": args.grpo_steps, "seq_len": 128, "micro_batch": 64, "eval_every": 0,
                   "log_every": 5, "device": "cpu", "dtype": "fp32"},
-        "optim": {"name": "adamw", "lr": args.grpo_lr, "warmup_steps": 0}, "checkpoint": {"every": 0},
-        "log": {"tensorboard": False}})
+        # no weight decay: a 0.2M model pulled towards 0 for a few dozen RL steps only loses what SFT taught
+        "optim": {"name": "adamw", "lr": args.grpo_lr, "warmup_steps": 0, "weight_decay": 0.0},
+        "checkpoint": {"every": 0}, "log": {"tensorboard": False}})
     print(f"[4/4] GRPO with the exact-match verifier for {args.grpo_steps} steps "
           f"({cfg.grpo.prompts_per_step} prompts x {cfg.grpo.group_size} completions each) ...")
     return train(cfg)

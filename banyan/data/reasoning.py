@@ -226,10 +226,10 @@ class ReasoningGymTask(ReasoningTask):
 
 
 def load_task(spec: str, seed: int = 0, max_digits: int = 2, ops: str = "+-*", n_numbers: int = 3,
-              max_number: int = 20) -> ReasoningTask:
+              max_number: int = 20, min_digits: int = 1) -> ReasoningTask:
     """The task named `spec`: arithmetic, countdown or rg:NAME (an unknown name suggests the closest)."""
     if spec == "arithmetic":
-        return ArithmeticTask(seed, max_digits=max_digits, ops=ops)
+        return ArithmeticTask(seed, max_digits=max_digits, ops=ops, min_digits=min_digits)
     if spec == "countdown":
         return CountdownTask(seed, n_numbers=n_numbers, max_number=max_number)
     if spec.startswith("rg:"):

@@ -53,6 +53,8 @@ def group_advantages(rewards: torch.Tensor, norm: Literal["grpo", "dr_grpo", "rl
         out = centred * (G / (G - 1)) if G > 1 else torch.zeros_like(r)
     else:
         raise ValueError(f"unknown advantage normalisation {norm!r}; expected one of {ADVANTAGES}")
+    # a group of equal rewards has no signal: exactly 0 (the float mean of 0.1 x 3 is not exactly 0.1)
+    out = torch.where((r.max(dim=1, keepdim=True).values == r.min(dim=1, keepdim=True).values), 0.0, out)
     return out.to(rewards.dtype if rewards.is_floating_point() else torch.float32)
 
 

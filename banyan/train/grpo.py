@@ -16,6 +16,13 @@ A Task on the shared Trainer (banyan/train/trainer.py); nothing here loops over 
               rollout serves grpo.ppo_epochs optimizer steps and sits in the Task's state, so a
               resume in the middle of it is exact
     count     completion tokens (token-level averaging); dr_grpo: rows x max_new_tokens (a constant)
+    no signal a step whose groups all have equal rewards (every advantage 0) and beta == 0 has a
+              zero gradient: has_signal() is False and the Trainer skips the optimizer step
+              (weights and Adam state bit-identical, no momentum / weight-decay drift; counted
+              as skipped_no_signal). Tokens of all-equal groups stay in the count of a step
+              that does update (TRL's token-level normalisation, not DAPO's exclusion): the step
+              size then scales with the share of informative groups, a damping when a few lucky
+              groups carry the whole signal, and reward / entropy logs stay over all rollouts
     loss      sum over completion tokens of the clipped surrogate + beta * KL (k1 | k3)
     evaluate  pass@1 (greedy) and pass@k (sampled) on held-out problems (banyan.eval.reasoning)
     end       OUT/plots/grpo.png: reward mean and val pass@1 against steps
@@ -47,7 +54,9 @@ class GRPOSection:
     task: str = "arithmetic"
     """Problems and verifier: arithmetic, countdown, or rg:NAME (reasoning-gym, when installed)."""
     max_digits: int = 2
-    """arithmetic: digits per operand (1..max_digits)."""
+    """arithmetic: digits per operand (min_digits..max_digits)."""
+    min_digits: int = 1
+    """arithmetic: the fewest digits per operand (= max_digits: fixed-width operands)."""
     ops: str = "+-*"
     """arithmetic: operators to draw from."""
     countdown_numbers: int = 3
@@ -97,7 +106,8 @@ class GRPOConfig(RunConfig):
     out: str = "runs/grpo"
     """Output folder for config.toml, metrics, plots and checkpoints."""
 
-    ranges = {**RunConfig.ranges, "grpo.max_digits": (1, 18), "grpo.countdown_numbers": (2, 8),
+    ranges = {**RunConfig.ranges, "grpo.max_digits": (1, 18), "grpo.min_digits": (1, 18),
+              "grpo.countdown_numbers": (2, 8),
               "grpo.countdown_max": (2, None), "grpo.prompts_per_step": (1, None), "grpo.group_size": (1, None),
               "grpo.max_new_tokens": (1, None), "grpo.temperature": (1e-6, None), "grpo.top_k": (0, None),
               "grpo.beta": (0.0, None), "grpo.clip_low": (0.0, 1.0), "grpo.clip_high": (0.0, None),
@@ -128,7 +138,7 @@ class GRPOTask(Task):
 
         s, self.env = self.s, env
         self.ck, self.tokenizer, self.template = chat_source(cfg)
-        self.task = load_task(s.task, cfg.train.seed, max_digits=s.max_digits, ops=s.ops,
+        self.task = load_task(s.task, cfg.train.seed, max_digits=s.max_digits, ops=s.ops, min_digits=s.min_digits,
                               n_numbers=s.countdown_numbers, max_number=s.countdown_max)
         if s.reward and s.reward_model:
             raise ConfigError("give one of --grpo.reward (a function) and --grpo.reward_model (a run), not both")
@@ -262,6 +272,10 @@ class GRPOTask(Task):
         if self.s.advantage == "dr_grpo":  # Dr. GRPO: a constant denominator, no length normalisation
             return torch.tensor(batch["input_ids"].size(0) * self.s.max_new_tokens)
         return (batch["labels"] != IGNORE).sum()
+
+    def has_signal(self, batches: list[Batch]) -> bool:
+        """Any non-zero advantage (a group with unequal rewards), or a KL term (beta > 0) to follow."""
+        return self.s.beta > 0 or any(bool((b["adv"] != 0).any()) for b in batches)
 
     def loss(self, model: nn.Module, batch: Batch):
         from banyan.losses.grpo import clipped_surrogate, kl_per_token

@@ -75,6 +75,11 @@ class Task(abc.ABC):
     def loss(self, model: nn.Module, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         """(sum of per-item losses, item count, {metric: sum over items}) for one micro-batch."""
 
+    def has_signal(self, batches: list[Batch]) -> bool:
+        """False when this rank's micro-batches of a step carry no gradient (e.g. GRPO: every advantage 0);
+        the Trainer skips the optimizer step when no rank has a signal (counted as skipped_no_signal)."""
+        return True
+
     def evaluate(self, model: nn.Module) -> dict[str, float]:
         """Held-out metrics (every rank calls it; reduce across ranks inside)."""
         return {}

@@ -118,7 +118,7 @@ class Trainer:
 
     def __init__(self, cfg: RunConfig, task: Task, stage: str = "train"):
         self.cfg, self.task, self.stage = cfg, task, stage
-        self.state = {"tokens": 0, "bad_in_row": 0, "elapsed_s": 0.0}
+        self.state = {"tokens": 0, "bad_in_row": 0, "elapsed_s": 0.0, "skipped_no_signal": 0}
         self.step = 0
         self.last_eval: dict[str, float] = {}
         self.nan_at = faults.nan_from_step()
@@ -225,8 +225,10 @@ class Trainer:
     def train_one_step(self) -> tuple[StepResult, float]:
         lr = set_lr(self.optimizer, lr_factor(self.step, self.cfg.train.max_steps, self.cfg.optim))
         batches = self.micro_batches()
+        live = self.env.any_rank(self.task.has_signal(batches))  # every rank steps, or none
         res = train_step(self.par.model, self.optimizer, batches, self.loss, self.task.count,
-                         self.cfg.train.grad_clip, self.autocast, self.par.no_sync)
+                         self.cfg.train.grad_clip, self.autocast, self.par.no_sync, update=live)
+        self.state["skipped_no_signal"] += int(res.finite and not live)
         self.step += 1
         self.state["tokens"] += sum(self.task.positions(b) for b in batches) * self.env.world_size
         self.state["elapsed_s"] = time.perf_counter() - self.run_t0
@@ -253,6 +255,7 @@ class Trainer:
         self.t_last, self.tok_last = now, self.state["tokens"]
         return {"step": self.step, "tokens": self.state["tokens"], "loss": res.loss, "lr": lr,
                 "grad_norm": res.grad_norm, "tokens_per_s": tps, **res.metrics,
+                **({"skipped_no_signal": n} if (n := self.state["skipped_no_signal"]) else {}),
                 "mfu": self.flops_per_token * tps / self.peak if self.peak == self.peak else None,
                 "peak_mem_mb": peak_memory_mb(self.env.device)}
 
@@ -338,7 +341,7 @@ class Trainer:
     def teardown(self) -> dict:
         ev = self.last_eval
         summary = {"step": self.step, "tokens": self.state["tokens"], "val_loss": ev.get("val_loss", math.nan),
-                   "val_bpb": ev.get("val_bpb", math.nan), **ev,
+                   "val_bpb": ev.get("val_bpb", math.nan), **ev, "skipped_no_signal": self.state["skipped_no_signal"],
                    "wall_s": round(time.perf_counter() - self.run_t0, 1), "out": str(self.out),
                    "stopped_by_signal": self.stop.signal is not None}
         if self.env.is_main:

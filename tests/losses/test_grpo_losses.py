@@ -13,8 +13,12 @@ def test_grpo_advantage_by_hand():
     a = group_advantages(torch.tensor([[1.0, 0.0, 0.0, 1.0], [2.0, 2.0, 2.0, 2.0]]), "grpo", eps=0.0)
     s = math.sqrt(1 / 3)
     assert a[0].tolist() == pytest.approx([0.5 / s, -0.5 / s, -0.5 / s, 0.5 / s])
-    assert torch.isnan(a[1]).all()  # eps 0 and zero std: 0/0 (the default eps keeps it 0)
+    assert a[1].tolist() == [0.0] * 4  # equal rewards: exactly 0, even with eps 0 (not 0/0)
     assert group_advantages(torch.tensor([[2.0, 2.0, 2.0]]), "grpo").tolist() == [[0.0, 0.0, 0.0]]
+    r = torch.tensor([[0.1, 0.1, 0.1]], dtype=torch.float64)
+    assert float(r.mean() - 0.1) != 0.0  # the float mean is off by an ulp ...
+    for norm in ("grpo", "dr_grpo", "rloo"):  # ... yet no group of equal rewards gets a (tiny) signal
+        assert group_advantages(r, norm).tolist() == [[0.0, 0.0, 0.0]], norm
 
 
 def test_dr_grpo_and_rloo_by_hand():

@@ -84,6 +84,28 @@ def test_resume_mid_rollout_is_exact(sft, tmp_path, monkeypatch):
     assert any(x["clip_frac"] > 0 for x in a[1::2])  # second update of a rollout: ratios moved, some clipped
 
 
+def test_a_rollout_without_signal_leaves_weights_and_optimizer_untouched(sft, tmp_path):
+    """All-equal rewards and beta 0: zero advantages, so AdamW must not step (momentum, weight decay)."""
+    from safetensors.torch import load_file
+
+    cfg = grpo_run(sft, tmp_path / "flat", steps=3, lr=1e-2, reward="grpo_rewards:constant")
+    cfg.optim.weight_decay = 0.1  # decoupled decay alone would move every weight on a step
+    task = GRPOTask(cfg)
+    trainer = grpo.Trainer(cfg, task, stage="grpo")
+    summary = trainer.run()
+    before = load_file(str(sft / "checkpoints" / "step_000002" / "model.safetensors"))
+    after = {k: v.detach() for k, v in task.policy.state_dict().items()}
+    assert before.keys() <= after.keys()
+    assert all(torch.equal(before[k], after[k]) for k in before)
+    assert not trainer.optimizer.state  # no Adam moments, no step count
+    assert summary["skipped_no_signal"] == 3
+    r = rows(tmp_path / "flat")
+    assert [x["frac_groups_equal"] for x in r] == [1.0] * 3 and r[-1]["skipped_no_signal"] == 3
+    assert task.has_signal([task.batch(2, 0)]) is False
+    task.s.beta = 0.1  # a KL term is a signal even when every advantage is 0
+    assert task.has_signal([task.batch(2, 0)]) is True
+
+
 def test_dr_grpo_counts_a_constant_and_rewards_from_the_verifier(sft, tmp_path):
     cfg = grpo_run(sft, tmp_path / "dr", steps=2, advantage="dr_grpo")
     task = GRPOTask(cfg)
