@@ -153,7 +153,7 @@ def dpo_demo(src: Path, out: Path, quick: bool, steps: int) -> None:
     n_val = 48 if quick else 200
     cfg: DPOConfig = load_config(DPOConfig, overrides={
         "init": str(src), "out": str(out),
-        "dpo": {"data": "shakespeare-pairs", "max_pairs": steps * 8, "max_val_pairs": n_val, "beta": 0.1},
+        "dpo": {"data": "shakespeare-pairs", "max_pairs": 400 if quick else 3000, "max_val_pairs": n_val, "beta": 0.1},
         "train": {"max_steps": steps, "seq_len": 256, "micro_batch": 8, "dtype": "auto", "eval_every": 0,
                   "eval_batches": n_val // 8, "log_every": 5, "device": "cpu"},
         "optim": {"name": "adamw", "lr": 5e-5, "warmup_steps": 3}, "checkpoint": {"every": 0}})
