@@ -6,7 +6,7 @@
         loss_sum, n, metrics = task.loss(model, b)
         (loss_sum * world / N).backward()                      # DDP/FSDP average over ranks: * world
     loss = all_reduce_sum(sum of loss_sum) / N                 # the mean over every trained item
-    if loss and grad norm are finite (and the task says the step carries a learning signal):
+    if loss and grad norm are finite (and some rank's task says the step carries a learning signal):
         clip, optimizer.step()                                  else: skip the update
     optimizer.zero_grad()
 
@@ -40,7 +40,7 @@ class StepResult:
     finite: bool       # False when the loss or the gradient was nan/inf and the update was skipped
     count: int = 0     # items (e.g. trained tokens) in the step, all ranks
     metrics: dict[str, float] = field(default_factory=dict)  # each metric sum / count
-    updated: bool = True  # False when the optimizer did not step (non-finite, empty, or update=False)
+    updated: bool = True  # False when the optimizer did not step (non-finite, empty, or no rank had a signal)
 
 
 def resolve_dtype(device: torch.device, dtype: str) -> str:
@@ -111,18 +111,22 @@ def train_step(model: nn.Module, optimizer: torch.optim.Optimizer, batches: Iter
                update: bool = True) -> StepResult:
     """One optimizer step over the micro-batches; skips the update on a non-finite loss/grad or an empty step.
 
-    update=False (the same on every rank): forward and backward run (metrics, DDP's collective
-    all-reduce) but the optimizer does not step, so the weights and its state (Adam moments, step
-    count) stay bit-identical: no momentum or decoupled weight-decay drift on a zero-gradient step."""
+    `update` is this rank's "my micro-batches carry a learning signal" (Task.has_signal). It is summed
+    with the loss, so every rank agrees without another collective: when no rank has a signal, forward
+    and backward still run (metrics, DDP's all-reduce) but the optimizer does not step, so the weights
+    and its state (Adam moments, step count) stay bit-identical: no momentum or decoupled weight-decay
+    drift on a zero-gradient step."""
     loss_total, n_global, metric_sums = backward_step(model, list(batches), loss_fn, count_fn, autocast, no_sync)
     names = sorted(metric_sums)
-    sums = all_reduce_sum(torch.stack([loss_total, *[metric_sums[k] for k in names]]))
+    flag = loss_total.new_tensor(float(update))
+    sums = all_reduce_sum(torch.stack([loss_total, flag, *[metric_sums[k] for k in names]]))
+    live = float(sums[1]) > 0  # some rank has a signal
     n = float(n_global)
     mean_loss = float(sums[0]) / n if n > 0 else math.nan
     norm = clip_grad_norm(model, grad_clip)
     finite = n > 0 and math.isfinite(mean_loss) and bool(torch.isfinite(norm))
-    if finite and update:
+    if finite and live:
         optimizer.step()
     optimizer.zero_grad(set_to_none=True)
-    metrics = {k: float(v) / n for k, v in zip(names, sums[1:].tolist())} if n > 0 else {}
-    return StepResult(mean_loss, float(norm) if finite else math.nan, finite, int(n), metrics, finite and update)
+    metrics = {k: float(v) / n for k, v in zip(names, sums[2:].tolist())} if n > 0 else {}
+    return StepResult(mean_loss, float(norm) if finite else math.nan, finite, int(n), metrics, finite and live)

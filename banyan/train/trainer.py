@@ -225,10 +225,9 @@ class Trainer:
     def train_one_step(self) -> tuple[StepResult, float]:
         lr = set_lr(self.optimizer, lr_factor(self.step, self.cfg.train.max_steps, self.cfg.optim))
         batches = self.micro_batches()
-        live = self.env.any_rank(self.task.has_signal(batches))  # every rank steps, or none
-        res = train_step(self.par.model, self.optimizer, batches, self.loss, self.task.count,
-                         self.cfg.train.grad_clip, self.autocast, self.par.no_sync, update=live)
-        self.state["skipped_no_signal"] += int(res.finite and not live)
+        res = train_step(self.par.model, self.optimizer, batches, self.loss, self.task.count, self.cfg.train.grad_clip,
+                         self.autocast, self.par.no_sync, update=self.task.has_signal(batches))  # agreed inside
+        self.state["skipped_no_signal"] += int(res.finite and not res.updated)
         self.step += 1
         self.state["tokens"] += sum(self.task.positions(b) for b in batches) * self.env.world_size
         self.state["elapsed_s"] = time.perf_counter() - self.run_t0
