@@ -17,6 +17,7 @@ baseline of `generation_speed`).
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
@@ -38,29 +39,35 @@ def _group_by_length(prompts: list[list[int]]) -> dict[int, list[int]]:
     return groups
 
 
+def _sampled(model, x: torch.Tensor, n_new: int, temperature: float, top_k, top_p, generator,
+             use_cache: bool) -> Iterator[torch.Tensor]:
+    """Next tokens [B] of every row of x [B, T], one per step: through the KV cache (the model's own
+    prefill + stream) or, as the baseline, by re-running the whole prefix each step."""
+    if use_cache:
+        cache = model.make_cache(x.size(0), x.size(1) + n_new, device=x.device)
+        yield from model.stream(model.prefill(x, cache), cache, x.size(1), n_new, temperature, top_k, top_p, generator)
+        return
+    seq = x
+    for _ in range(n_new):
+        nxt = sample_logits(model(seq)[:, -1], temperature, top_k, top_p, generator)
+        yield nxt
+        seq = torch.cat([seq, nxt[:, None]], dim=1)
+
+
 @torch.no_grad()
 def _decode_group(model, x: torch.Tensor, n_new: int, stop: torch.Tensor, temperature: float, top_k, top_p,
                   generator, use_cache: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """x [B, T] -> (tokens [B, n] with n <= n_new, lengths [B]: tokens up to and including the first stop)."""
-    B, T = x.shape
-    cache = model.make_cache(B, T + n_new, device=x.device) if use_cache else None
-    logits = model(x, cache=cache, start_pos=0)[:, -1]
+    B = x.size(0)
     out, done = [], torch.zeros(B, dtype=torch.bool, device=x.device)
     lengths = torch.full((B,), n_new, dtype=torch.long, device=x.device)
-    seq = x
-    for step in range(n_new):
-        nxt = sample_logits(logits, temperature, top_k, top_p, generator)  # [B]
+    for step, nxt in enumerate(_sampled(model, x, n_new, temperature, top_k, top_p, generator, use_cache)):
         out.append(nxt)
         hit = torch.isin(nxt, stop) & ~done
         lengths = torch.where(hit, torch.full_like(lengths, step + 1), lengths)
         done |= hit
-        if bool(done.all()) or step == n_new - 1:
-            break
-        if use_cache:
-            logits = model(nxt[:, None], cache=cache, start_pos=T + step)[:, -1]
-        else:
-            seq = torch.cat([seq, nxt[:, None]], dim=1)
-            logits = model(seq)[:, -1]
+        if bool(done.all()):
+            break  # the generator stops too: no forward pass for a token nobody reads
     return torch.stack(out, dim=1), lengths
 
 
