@@ -2,7 +2,7 @@
 
     pass_sums(model, tok, template, task, problems, k, ...)  -> sums {n, pass1, passk, score} (one process's share)
     evaluate_reasoning(model, tok, template, task, n, k, ...) -> {pass_at_1, pass_at_k, mean_score, n}
-    evaluate_checkpoint("runs/grpo", "arithmetic", n=500, k=4) the same from any run or checkpoint folder
+    evaluate_checkpoint("runs/grpo", "arithmetic", n=500, k=4) the same from any run, checkpoint or HF folder
 
 Each problem is asked as one user turn in the model's chat template; the reply is generated with the
 KV cache (banyan.model.generate) until <|end|> / <|eos|> or max_new_tokens, and graded by the task's
@@ -77,15 +77,16 @@ def evaluate_reasoning(model, tok, template: str, task, n: int = 100, k: int = 4
 
 def evaluate_checkpoint(path, task: str = "arithmetic", n: int = 100, k: int = 4, device: str = "cpu",
                         seed: int = 0, **kw) -> dict[str, float]:
-    """evaluate_reasoning on a run or checkpoint folder (its weights, tokenizer and chat template).
-    `task` is a name for banyan.data.reasoning.load_task (built with seed `seed`) or a ReasoningTask."""
-    from banyan.data.chat_template import load_chat_template
+    """evaluate_reasoning on a run, checkpoint or HF folder (its weights, tokenizer and chat template, loaded
+    as `banyan eval` loads them). `task` is a name for banyan.data.reasoning.load_task (built with seed
+    `seed`) or a ReasoningTask."""
     from banyan.data.reasoning import load_task
-    from banyan.data.tokenizer import load_tokenizer
-    from banyan.export.source import load_source
+    from banyan.errors import DataError
+    from banyan.eval.run import load_eval_model
 
-    src = load_source(path)
-    model = src.model.to(device).eval()
-    tok, template = load_tokenizer(src.ckpt / "tokenizer.json"), load_chat_template(src.ckpt)
+    em = load_eval_model(path, torch.device(device))
+    if em.chat_template is None:
+        raise DataError(f"{path}: no chat template (tokenizer_config.json); reasoning problems are asked as chat "
+                        "turns, so evaluate an SFT'd chat model")
     t = load_task(task, seed) if isinstance(task, str) else task
-    return evaluate_reasoning(model, tok, template, t, n, k, device=torch.device(device), **kw)
+    return evaluate_reasoning(em.model, em.tok, em.chat_template, t, n, k, device=torch.device(device), **kw)
