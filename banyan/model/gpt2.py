@@ -1,5 +1,7 @@
 """GPT-2 (Radford et al. 2019): learned positions, pre-norm LayerNorm with biases, GELU MLP, tied head.
 
+GELU is exact by default and GPT-2's tanh approximation for imported checkpoints (ModelConfig.activation).
+
 Parameter names are Hugging Face's `GPT2LMHeadModel` ones (`transformer.h.{i}.attn.c_attn`, ...),
 but every projection is an `nn.Linear` ([out, in]); HF's Conv1D stores [in, out], so `hf.py`
 transposes those four weights when converting.
@@ -41,16 +43,18 @@ class Attention(nn.Module):
 
 
 class MLP(nn.Module):
-    """c_proj(gelu_tanh(c_fc(x))); tanh-approximate GELU is HF's `gelu_new`, the one GPT-2 was trained with."""
+    """c_proj(gelu(c_fc(x))): exact GELU, or the tanh approximation (HF `gelu_new`, the one GPT-2 was trained
+    with) when cfg.activation is gelu_tanh."""
 
     def __init__(self, cfg: ModelConfig):
         super().__init__()
+        self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
         self.c_fc = nn.Linear(cfg.d_model, cfg.d_ff)
         self.c_proj = nn.Linear(cfg.d_ff, cfg.d_model)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate="tanh")))
+        return self.dropout(self.c_proj(F.gelu(self.c_fc(x), approximate=self.approximate)))
 
 
 class Block(nn.Module):

@@ -105,11 +105,15 @@ def _llama_config_from_hf(get) -> ModelConfig:
     return cfg
 
 
+# HF GPT-2 `activation_function` values banyan runs -> ModelConfig.activation (transformers ACT2FN names)
+HF_GELU = {"gelu_new": "gelu_tanh", "gelu_pytorch_tanh": "gelu_tanh", "gelu": "gelu"}
+
+
 def _gpt2_config_from_hf(get) -> ModelConfig:
     act = get("activation_function", "gelu_new")
-    if act not in ("gelu_new", "gelu_pytorch_tanh"):
+    if act not in HF_GELU:
         raise ConfigError(f"HF config field 'activation_function' = {act!r} is not supported; "
-                          "expected 'gelu_new' (tanh-approximate GELU)")
+                          f"expected one of {sorted(HF_GELU)} (tanh-approximate or exact GELU)")
     _require("scale_attn_weights", bool(get("scale_attn_weights", True)), True, "attention is scaled by 1/sqrt(hd)")
     _require("scale_attn_by_inverse_layer_idx", bool(get("scale_attn_by_inverse_layer_idx", False)), False,
              "banyan does not scale attention per layer")
@@ -122,6 +126,7 @@ def _gpt2_config_from_hf(get) -> ModelConfig:
         d_model=d_model, d_ff=get("n_inner") or 4 * d_model, max_seq_len=get("n_positions"),
         norm_eps=float(get("layer_norm_epsilon", 1e-5)), tie_embeddings=True,
         dropout=float(get("resid_pdrop", 0.0)), init_std=float(get("initializer_range", 0.02)),
+        activation=HF_GELU[act],
     )
 
 
@@ -153,7 +158,8 @@ def config_to_hf(cfg: ModelConfig, **overrides: Any):
         raise ConfigError(f"gpt2 has no grouped-query attention: model.n_kv_head ({cfg.n_kv_head}) != model.n_head")
     kw = dict(
         vocab_size=cfg.vocab_size, n_positions=cfg.max_seq_len, n_embd=cfg.d_model, n_layer=cfg.n_layer,
-        n_head=cfg.n_head, n_inner=cfg.d_ff, activation_function="gelu_new", resid_pdrop=cfg.dropout,
+        n_head=cfg.n_head, n_inner=cfg.d_ff,
+        activation_function="gelu_new" if cfg.activation == "gelu_tanh" else "gelu", resid_pdrop=cfg.dropout,
         embd_pdrop=cfg.dropout, attn_pdrop=cfg.dropout, layer_norm_epsilon=cfg.norm_eps,
         initializer_range=cfg.init_std, tie_word_embeddings=True,
     )

@@ -98,10 +98,30 @@ def test_banyan_model_to_hf_and_back(make_config):
         assert max_diff(again(x), model(x)) < TOL
 
 
+@pytest.mark.parametrize("activation,hf_name", [("gelu", "gelu"), ("gelu_tanh", "gelu_new")])
+def test_gpt2_activation_reaches_hf(make_config, activation, hf_name):
+    """From-scratch GPT-2 uses exact GELU by default; either activation exports to the HF name computing it."""
+    torch.manual_seed(0)
+    model = build_model(make_config("gpt2", activation=activation))
+    x = _ids(model.config.vocab_size, 40)
+    with torch.no_grad():
+        for p in model.parameters():  # activations of order 1, where the two GELUs differ by ~1e-3
+            p.add_(torch.randn_like(p) * 0.3)
+        hf = to_hf(model)
+        assert hf.config.activation_function == hf_name
+        assert max_diff(hf(x).logits, model(x)) < TOL
+        assert from_hf(hf).config.activation == activation
+        # a swapped activation shows in the logits
+        other = build_model(make_config("gpt2", activation="gelu_tanh" if activation == "gelu" else "gelu"))
+        other.load_state_dict(model.state_dict())
+        assert max_diff(other(x), model(x)) > 10 * TOL
+
+
 def test_config_round_trip(make_config):
     for cfg in (make_config("llama", rope_scaling="llama3", rope_factor=4.0, rope_original_max_seq_len=16,
                                     norm_eps=1e-6).finalize(),
-                make_config("gpt2", d_ff=80, dropout=0.1).finalize()):
+                make_config("gpt2", d_ff=80, dropout=0.1).finalize(),
+                make_config("gpt2", activation="gelu_tanh").finalize()):
         assert config_from_hf(config_to_hf(cfg)) == cfg
         assert config_from_hf(config_to_hf(cfg).to_dict()) == cfg
 
