@@ -111,6 +111,15 @@ def sample_logits(logits: torch.Tensor, temperature: float = 1.0, top_k: int | N
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
 
 
+def embedding(num: int, dim: int) -> nn.Embedding:
+    """nn.Embedding(num, dim) without its default init: init_weights() initialises every model.
+
+    The default normal_() on the meta device runs torch's Python reference kernel, whose first call imports
+    torch._dynamo: 2-6 s of every process's start-up for an init that is thrown away.
+    """
+    return nn.Embedding(num, dim, _weight=torch.empty(num, dim))
+
+
 def to_empty(model: nn.Module, device: torch.device) -> None:
     """Allocate (uninitialised) storage for a meta-device model on `device`, keeping tied parameters tied.
 

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from banyan.model.config import ModelConfig
 from banyan.errors import ConfigError
-from banyan.model.common import CausalLM, KVCache, causal_attention
+from banyan.model.common import CausalLM, KVCache, causal_attention, embedding
 
 
 class Attention(nn.Module):
@@ -85,8 +85,8 @@ class GPT2(CausalLM):
                               f"model.n_head ({cfg.n_head}) or be 0")
         self.config = cfg
         self.transformer = nn.ModuleDict(dict(
-            wte=nn.Embedding(cfg.vocab_size, cfg.d_model),
-            wpe=nn.Embedding(cfg.max_seq_len, cfg.d_model),
+            wte=embedding(cfg.vocab_size, cfg.d_model),
+            wpe=embedding(cfg.max_seq_len, cfg.d_model),
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
             ln_f=nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps),

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from banyan.model.config import ModelConfig
 from banyan.errors import ConfigError
-from banyan.model.common import CausalLM, KVCache, causal_attention
+from banyan.model.common import CausalLM, KVCache, causal_attention, embedding
 
 
 class RMSNorm(nn.Module):
@@ -154,7 +154,7 @@ class Llama(CausalLM):
             raise ConfigError(f"RoPE needs an even head_dim; model.d_model/model.n_head = {cfg.head_dim}")
         self.config = cfg
         self.model = nn.ModuleDict(dict(
-            embed_tokens=nn.Embedding(cfg.vocab_size, cfg.d_model),
+            embed_tokens=embedding(cfg.vocab_size, cfg.d_model),
             layers=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
             norm=RMSNorm(cfg.d_model, cfg.norm_eps),
         ))

@@ -6,6 +6,7 @@ transformers' model of the same shapes in the same process, interleaved round by
 banyan's tokens/s over the peer's per round (median and spread):
 
     banyan bench train --preset gpt2-124m --optim.name adamw --compare hf --rounds 5
+    banyan bench train --profile 15        # + the top operators by self time, ms per step
 
 """
 
@@ -13,6 +14,7 @@ from __future__ import annotations
 
 import json
 import statistics
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,8 +44,12 @@ class BenchTrainConfig(RunConfig):
     """--compare: interleaved rounds (banyan's steps, then the peer's); the ratio's spread is over rounds."""
     json_out: str = ""
     """Also write the JSON result to this file."""
+    profile: int = 0
+    """Also run torch.profiler over the timed steps and report this many top operators by self time
+    (ms per step, share of the step) under "profile", plus a table on stderr: where the time goes."""
 
-    ranges = {**RunConfig.ranges, "warmup": (0, None), "steps": (1, None), "rounds": (1, None)}  # checked by parse_cli
+    ranges = {**RunConfig.ranges, "warmup": (0, None), "steps": (1, None), "rounds": (1, None),
+              "profile": (0, None)}  # checked by parse_cli
 
 
 def timed(step, n: int, cuda: bool) -> list[float]:
@@ -56,6 +62,34 @@ def timed(step, n: int, cuda: bool) -> list[float]:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return times
+
+
+def profile_ops(step, n: int, top: int, cuda: bool) -> list[dict]:
+    """The `top` operators by self time over n calls of `step`: [{op, ms_per_step, share, calls_per_step}].
+
+    Self time (not total) so that nested ops are not counted twice; on CUDA the device time is used.
+    Share is of the summed self time of all operators, which is the step's time seen by the profiler.
+    """
+    from torch.profiler import ProfilerActivity, profile
+
+    acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=acts) as prof:
+        timed(step, n, cuda)
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = [e for e in prof.key_averages() if getattr(e, key) > 0]
+    total = sum(getattr(e, key) for e in events) or 1.0
+    events.sort(key=lambda e: getattr(e, key), reverse=True)
+    return [{"op": e.key, "ms_per_step": round(getattr(e, key) / 1e3 / n, 3),
+             "share": round(getattr(e, key) / total, 4), "calls_per_step": round(e.count / n, 1)}
+            for e in events[:top]]
+
+
+def profile_table(rows: list[dict]) -> str:
+    """A fixed-width table of profile_ops rows."""
+    lines = [f"{'operator':<58} {'ms/step':>9} {'share':>7} {'calls':>7}"]
+    lines += [f"{r['op'][:58]:<58} {r['ms_per_step']:>9.3f} {100 * r['share']:>6.1f}% {r['calls_per_step']:>7.1f}"
+              for r in rows]
+    return "\n".join(lines)
 
 
 def hf_step(mc, cfg: BenchTrainConfig, dev: torch.device):
@@ -153,6 +187,8 @@ def bench(cfg: BenchTrainConfig) -> dict:
         "peak_flops": peak, "peak_mem_mb": round(peak_memory_mb(env.device), 1),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "config": to_dict(cfg),
     }
+    if cfg.profile:
+        result["profile"] = profile_ops(one_step, cfg.steps, cfg.profile, cuda)
     if cfg.compare == "hf":
         result["compare"] = compare_hf(cfg, one_step, env.device, tokens)
     env.close()
@@ -167,6 +203,8 @@ def main(argv: list[str]) -> int:
     if not result.pop("is_main"):
         return 0  # under torchrun only rank 0 reports
     text = json.dumps(result, indent=1)
+    if "profile" in result:
+        print(profile_table(result["profile"]), file=sys.stderr)
     print(text)
     if cfg.json_out:
         atomic_write_text(cfg.json_out, text + "\n")

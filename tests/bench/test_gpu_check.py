@@ -94,6 +94,19 @@ def test_bench_train_compare_hf_interleaves_rounds(tmp_path, capsys):
     assert "--optim.name adamw" in capsys.readouterr().err
 
 
+def test_bench_train_profile_names_the_ops_that_take_the_time(tmp_path, capsys):
+    """`--profile N`: the N heaviest operators by self time, heaviest first, shares summing to <= 1."""
+    from banyan.cli import main as cli
+
+    out = tmp_path / "p.json"
+    assert cli(["bench", "train", *TINY, "--profile", "5", "--json_out", str(out)]) == 0
+    rows = json.loads(out.read_text())["profile"]
+    assert len(rows) == 5 and rows[0]["ms_per_step"] >= rows[-1]["ms_per_step"] > 0
+    assert 0 < sum(r["share"] for r in rows) <= 1.0 + 1e-6
+    assert any("mm" in r["op"] for r in rows)  # a transformer step's time is in its matmuls
+    assert "ms/step" in capsys.readouterr().err
+
+
 def test_bench_comm_does_not_pass_nproc_on_to_torchrun():
     from banyan.parallel.launch import drop_option
 

@@ -193,3 +193,15 @@ def test_dropout_only_in_train_mode_and_gradients_reach_every_parameter(arch, ma
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.parameters())
     model.eval()
     torch.testing.assert_close(model(x), model(x), rtol=0, atol=0)
+
+
+def test_building_a_model_does_not_import_dynamo():
+    """The meta-device build skips default inits: torch's meta normal_() imports torch._dynamo (seconds)."""
+    import subprocess
+    import sys
+
+    code = ("import sys; from banyan.model import ModelConfig, build_model; "
+            "[build_model(ModelConfig(arch=a, vocab_size=64), device='meta') for a in ('llama', 'gpt2')]; "
+            "print('torch._dynamo' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "False"
