@@ -94,8 +94,8 @@ def profile_table(rows: list[dict]) -> str:
 
 def hf_step(mc, cfg: BenchTrainConfig, dev: torch.device):
     """(step closure, transformers version): HF's model of banyan's shapes (banyan.model.hf.config_to_hf),
-    trained the way banyan's step trains: the same autocast, AdamW with the same lr/betas/decay (fused on
-    CUDA), clipping at train.grad_clip, random tokens of the same micro-batch (HF shifts labels inside)."""
+    trained the way banyan's step trains: the same autocast, fused AdamW with the same lr/betas/decay,
+    clipping at train.grad_clip, random tokens of the same micro-batch (HF shifts labels inside)."""
     import copy
 
     import transformers
@@ -106,8 +106,9 @@ def hf_step(mc, cfg: BenchTrainConfig, dev: torch.device):
     model = transformers.AutoModelForCausalLM.from_config(config_to_hf(copy.deepcopy(mc)),
                                                           attn_implementation="sdpa").to(dev)
     o = cfg.optim
+    # fused, as banyan's own AdamW and HF Trainer's default optimizer since torch 2.8 (adamw_torch_fused)
     opt = torch.optim.AdamW(model.parameters(), lr=o.lr, betas=(o.beta1, o.beta2), weight_decay=o.weight_decay,
-                            fused=True if dev.type == "cuda" else None)
+                            fused=True)
     fwd = torch.compile(model) if cfg.train.compile else model
     x = torch.randint(0, mc.vocab_size, (cfg.train.micro_batch, cfg.train.seq_len), device=dev)
     autocast = autocast_for(dev, cfg.train.dtype)
