@@ -1,0 +1,145 @@
+"""Side by side with nanoGPT at its README CPU configuration: whole-process wall time and val loss, interleaved.
+
+    python scripts/compare_nanogpt.py /path/to/nanoGPT --rounds 3 [--iters 600] [--out /tmp/vs-nanogpt]
+
+You bring a nanoGPT checkout (github.com/karpathy/nanoGPT); nothing of it is copied into banyan. The script
+copies it to --out, writes the same 1.1 MB of the embedded Shakespeare text as nanoGPT's shakespeare_char
+input.txt and as banyan jsonl documents (char-level on both sides), then runs, round by round:
+
+  nanogpt   train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20
+            --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --dropout=0.0 (README CPU line)
+  banyan    banyan pretrain with the same model, batch, optimizer and schedule (one process, torch's threads)
+  banyan-2p the same run as 2 processes x 1 thread (--nproc 2, micro-batch 6 per rank: the same 12 rows)
+
+and prints a table: wall seconds per round, ratio nanoGPT/banyan (> 1: banyan is faster), the val loss at
+iteration 500 (both evaluate there; nats per character on both sides). JSON goes to --out/compare.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+NANO_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=False", "--eval_iters=20",
+             "--log_interval=1", "--block_size=64", "--batch_size=12", "--n_layer=4", "--n_head=4", "--n_embd=128",
+             "--dropout=0.0", "--warmup_iters=100"]
+CHARS = 1_115_394  # the size of nanoGPT's tinyshakespeare input.txt
+
+
+def banyan_config(data: Path, iters: int) -> str:
+    """nanoGPT's shakespeare_char settings in banyan terms (lr 1e-3 -> 1e-4 cosine, beta2 0.99, clip 1)."""
+    return f"""[model]
+arch = "gpt2"
+n_layer = 4
+n_head = 4
+n_kv_head = 4
+d_model = 128
+max_seq_len = 64
+[data]
+path = "{data}"
+[train]
+max_steps = {iters}
+seq_len = 64
+micro_batch = 12
+dtype = "fp32"
+eval_every = 250
+eval_batches = 20
+log_every = 1
+sample_every = 0
+grad_clip = 1.0
+[optim]
+name = "adamw"
+lr = 1e-3
+warmup_steps = 100
+schedule = "cosine"
+min_lr_ratio = 0.1
+weight_decay = 0.1
+beta2 = 0.99
+[checkpoint]
+every = 250
+"""
+
+
+def prepare(nanogpt: Path, out: Path, iters: int) -> Path:
+    """Copy nanoGPT, write the shared text, run both data preparations; returns banyan's config file."""
+    from banyan.data.sources import shakespeare_documents
+
+    text = "\n\n".join(shakespeare_documents())[:CHARS]
+    nano = out / "nanogpt"
+    if not nano.exists():
+        shutil.copytree(nanogpt, nano, ignore=shutil.ignore_patterns(".git"))
+    (nano / "data/shakespeare_char/input.txt").write_text(text)
+    subprocess.run([sys.executable, "data/shakespeare_char/prepare.py"], cwd=nano, check=True, capture_output=True)
+    paras = text.split("\n\n")
+    docs = out / "docs.jsonl"  # banyan holds out whole documents: ~20 paragraphs each
+    docs.write_text("".join(json.dumps({"text": "\n\n".join(paras[i:i + 20])}) + "\n" for i in range(0, len(paras), 20)))
+    subprocess.run([sys.executable, "-m", "banyan", "data", "prepare", "--source", str(docs), "--tokenizer", "char",
+                    "--out", str(out / "data"), "--val_fraction", "0.1", "--overwrite", "--no_progress"], check=True,
+                   capture_output=True)
+    cfg = out / "banyan.toml"
+    cfg.write_text(banyan_config(out / "data", iters))
+    return cfg
+
+
+def run(cmd: list[str], cwd: Path, pattern: str) -> tuple[float, float | None]:
+    """(wall seconds, val loss parsed from the first line matching `pattern`) of one whole process."""
+    t0 = time.perf_counter()
+    p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
+    wall = time.perf_counter() - t0
+    if p.returncode:
+        raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({p.returncode}):\n{p.stderr[-2000:]}")
+    m = re.search(pattern, p.stdout + p.stderr)
+    return wall, float(m.group(1)) if m else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("nanogpt", type=Path, help="a nanoGPT checkout (model.py, train.py, config/)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--iters", type=int, default=600)
+    ap.add_argument("--out", type=Path, default=Path("/tmp/vs-nanogpt"))
+    a = ap.parse_args()
+    if not (a.nanogpt / "train.py").is_file() or not (a.nanogpt / "config/train_shakespeare_char.py").is_file():
+        raise SystemExit(f"{a.nanogpt}: not a nanoGPT checkout (needs train.py and config/train_shakespeare_char.py)")
+    a.out.mkdir(parents=True, exist_ok=True)
+    cfg = prepare(a.nanogpt, a.out, a.iters)
+    nano_cmd = [sys.executable, "train.py", *NANO_ARGS, f"--max_iters={a.iters}", f"--lr_decay_iters={a.iters}",
+                f"--out_dir={a.out / 'nano_out'}"]
+    ours = [sys.executable, "-m", "banyan", "pretrain", "--config", str(cfg), "--log.no_progress", "--log.no_plots",
+            "--log.no_tensorboard"]
+    sides = {"nanogpt": (nano_cmd, a.out / "nanogpt", r"step 500: train loss [\d.]+, val loss ([\d.]+)"),
+             "banyan": (ours + ["--out", str(a.out / "run1")], a.out, r"step 500: val loss ([\d.]+)"),
+             "banyan-2p": (ours + ["--out", str(a.out / "run2"), "--nproc", "2", "--train.micro_batch", "6"], a.out,
+                           r"step 500: val loss ([\d.]+)")}
+    rows = []
+    for r in range(a.rounds):
+        row = {}
+        for name, (cmd, cwd, pat) in sides.items():
+            if name != "nanogpt":
+                shutil.rmtree(a.out / ("run1" if name == "banyan" else "run2"), ignore_errors=True)
+            row[name] = run(cmd, cwd, pat)
+            print(f"round {r}: {name:<9} {row[name][0]:7.1f} s  val loss@500 {row[name][1]}", flush=True)
+        rows.append(row)
+    result = {"iters": a.iters, "rounds": [{k: {"wall_s": round(w, 2), "val_loss_500": v} for k, (w, v) in row.items()}
+                                           for row in rows]}
+    print(f"\n{'side':<10} {'wall s (median)':>16} {'nanoGPT/side':>13} {'spread':>15} {'val loss@500':>13}")
+    for name in sides:
+        ratios = [row["nanogpt"][0] / row[name][0] for row in rows]
+        walls = [row[name][0] for row in rows]
+        result[name] = {"wall_s_median": round(statistics.median(walls), 2), "ratio_median": round(
+            statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3)}
+        print(f"{name:<10} {statistics.median(walls):>16.1f} {statistics.median(ratios):>13.2f} "
+              f"{min(ratios):>7.2f}-{max(ratios):<7.2f} {rows[-1][name][1]!s:>13}")
+    (a.out / "compare.json").write_text(json.dumps(result, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
