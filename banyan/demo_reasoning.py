@@ -26,12 +26,14 @@ MAX_NEW = 48  # characters of a reply: the longest worked solution of 3-digit op
 
 
 def _columns(a: int, b: int, op: str) -> list[str]:
-    """Fixed-width column steps of a + b or a - b (a >= b) from the units up, the digit of `a` first
-    and the carry / borrow always written: "7+5+0=12" carries 1 into "4+8+1=13"; a sum is always two
-    digits ("2+3+0=05"). A borrowing column shows the borrowed ten: "13-9-0=4" pays 1 back in
-    "05-2-1=2". Every step has the same length, so each digit the model reads sits at a fixed
-    offset from where it writes (free-width steps, "7+5=12, 4+8+1=13", left a 4-layer, width-64
-    model at 1-3% held-out pass@1 on 2-digit sums; this form at 99% on 1-2 digits after 600 steps)."""
+    """Fixed-width column steps of a + b or a - b (a >= b; a + b: a has the more digits) from the
+    units up, the digit of `a` first, the shorter operand zero-padded and the carry / borrow always
+    written: "7+5+0=12" carries 1 into "4+8+1=13"; a sum is always two digits ("2+3+0=05").
+    A borrowing column shows the borrowed ten: "13-9-0=4" pays 1 back in "05-2-1=2".
+    Every step has the same length, so each digit the model reads sits at a fixed offset from where
+    it writes. Measured (500 / 200 held-out, greedy): free-width steps "7+5=12,
+    4+8+1=13" left a 4-layer width-64 model at 1-3% on 2-digit sums, a width-128 one at 61% on 1-2
+    digits; this form reached 99% on 1-2 digits with width 64 and 600 pretraining steps."""
     n = max(len(str(a)), len(str(b)))
     da, db = str(a).zfill(n)[::-1], str(b).zfill(n)[::-1]
     steps, carry = [], 0
@@ -55,7 +57,8 @@ def worked(problem) -> str:
         return problem.answer
     if op == "-" and a < b:  # a - b = -(b - a)
         return f"{b}-{a}: " + ", ".join(_columns(b, a, "-")) + f", so {problem.answer}"
-    return ", ".join(_columns(a, b, op)) + f", so {problem.answer}"
+    big, small = (a, b) if op == "-" or len(str(a)) >= len(str(b)) else (b, a)
+    return ", ".join(_columns(big, small, op)) + f", so {problem.answer}"
 
 
 def write_corpus(task, folder: Path, docs: int, per_doc: int, offset: int = 0) -> Path:
@@ -91,7 +94,7 @@ def parse_args(argv: list[str] | None):
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="a ~1 minute version: tiny counts")
     ap.add_argument("--out", default="runs/reasoning", help="folder for the data and the three runs (replaced)")
-    ap.add_argument("--digits", type=int, default=3, help="digits per operand (at most)")
+    ap.add_argument("--digits", type=int, default=2, help="digits per operand (at most)")
     ap.add_argument("--min_digits", type=int, default=1, help="digits per operand (at least; = --digits: fixed width)")
     ap.add_argument("--ops", default="+", help="operators")
     ap.add_argument("--held_out", type=int, default=500, help="held-out problems scored after SFT and GRPO")

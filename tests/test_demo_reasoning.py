@@ -21,7 +21,7 @@ def test_worked_columns_carry_and_borrow():
         return Problem(f"What is {a} {op} {b}?", str(ans), {"a": a, "b": b, "op": op})
 
     assert worked(prob(47, "+", 85, 132)) == "7+5+0=12, 4+8+1=13, so 132"
-    assert worked(prob(7, "+", 41, 48)) == "7+1+0=08, 0+4+0=04, so 48"
+    assert worked(prob(7, "+", 41, 48)) == "1+7+0=08, 4+0+0=04, so 48"  # the longer operand first
     assert worked(prob(52, "-", 29, 23)) == "12-9-0=3, 05-2-1=2, so 23"
     assert worked(prob(5, "-", 9, -4)) == "9-5: 09-5-0=4, so -4"
     assert worked(prob(100, "-", 1, 99)) == "10-1-0=9, 10-0-1=9, 01-0-1=0, so 99"
