@@ -103,7 +103,8 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--pretrain_steps", type=int, default=600)
     ap.add_argument("--sft_steps", type=int, default=100)
     ap.add_argument("--grpo_steps", type=int, default=40)
-    ap.add_argument("--grpo_lr", type=float, default=1e-3)
+    # measured on a 61% SFT model (1-2 digits): lr 1e-3 -> 0% after 40 steps, 2e-4 -> 6%, 3e-5 -> 50%
+    ap.add_argument("--grpo_lr", type=float, default=3e-5)
     ap.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step")
     ap.add_argument("--group", type=int, default=8, help="GRPO completions per prompt")
     ap.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature")
