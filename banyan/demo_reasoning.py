@@ -26,32 +26,32 @@ MAX_NEW = 48  # characters of a reply: the longest worked solution of 3-digit op
 
 
 def _columns(a: int, b: int, op: str) -> list[str]:
-    """Column steps of a + b or a - b (a >= b) from the units up: "7+5=12" carries 1 into the next
-    column ("4+8+1=13"); "3-9" borrows: "13-9=4", and the next column pays it back ("5-2-1=2")."""
-    da, db = str(a)[::-1], str(b)[::-1]
+    """Fixed-width column steps of a + b or a - b (a >= b; a + b: a has the more digits) from the
+    units up, the digit of `a` first, the shorter operand zero-padded and the carry / borrow always
+    written: "7+5+0=12" carries 1 into "4+8+1=13"; a sum is always two digits ("2+3+0=05").
+    A borrowing column shows the borrowed ten: "13-9-0=4" pays 1 back in "05-2-1=2".
+    Every step has the same length, so each digit the model reads sits at a fixed offset from where
+    it writes. Measured (500 / 200 held-out, greedy): free-width steps "7+5=12,
+    4+8+1=13" left a 4-layer width-64 model at 1-3% on 2-digit sums, a width-128 one at 61% on 1-2
+    digits; this form reached 99% on 1-2 digits with width 64 and 600 pretraining steps."""
+    n = max(len(str(a)), len(str(b)))
+    da, db = str(a).zfill(n)[::-1], str(b).zfill(n)[::-1]
     steps, carry = [], 0
-    for i in range(len(da)):
-        x, y = int(da[i]), int(db[i]) if i < len(db) else 0
+    for x, y in zip(map(int, da), map(int, db)):
         if op == "+":
             total = x + y + carry
-            steps.append(f"{x}+{y}" + (f"+{carry}" if carry else "") + f"={total}")
+            steps.append(f"{x}+{y}+{carry}={total:02d}")
             carry = total // 10
         else:
-            diff = x - y - carry
-            pay = f"-{carry}" if carry else ""
-            carry = int(diff < 0)
-            steps.append(f"{x + 10 * carry}-{y}{pay}={diff + 10 * carry}")
-    if op == "+" and len(db) > len(da):  # b is longer: its remaining digits
-        for d in db[len(da):]:
-            total = int(d) + carry
-            steps.append(f"0+{d}" + (f"+{carry}" if carry else "") + f"={total}")
-            carry = total // 10
+            borrow = int(x - y - carry < 0)
+            steps.append(f"{x + 10 * borrow:02d}-{y}-{carry}={x + 10 * borrow - y - carry}")
+            carry = borrow
     return steps
 
 
 def worked(problem) -> str:
     """A short worked solution ending in the answer (the task grades the last integer), e.g. for
-    "What is 47 + 85?": "7+5=12, 4+8+1=13, so 132". Multiplication is answered directly."""
+    "What is 47 + 85?": "7+5+0=12, 4+8+1=13, so 132". Multiplication is answered directly."""
     a, b, op = problem.meta["a"], problem.meta["b"], problem.meta["op"]
     if op == "*":
         return problem.answer
@@ -95,21 +95,25 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--quick", action="store_true", help="a ~1 minute version: tiny counts")
     ap.add_argument("--out", default="runs/reasoning", help="folder for the data and the three runs (replaced)")
     ap.add_argument("--digits", type=int, default=2, help="digits per operand (at most)")
-    ap.add_argument("--min_digits", type=int, default=2, help="digits per operand (at least; = --digits: fixed width)")
+    ap.add_argument("--min_digits", type=int, default=1, help="digits per operand (at least; = --digits: fixed width)")
     ap.add_argument("--ops", default="+", help="operators")
     ap.add_argument("--held_out", type=int, default=500, help="held-out problems scored after SFT and GRPO")
     ap.add_argument("--layers", type=int, default=4, help="transformer blocks of the model")
     ap.add_argument("--width", type=int, default=64, help="d_model (4 heads, d_ff = 3 x width)")
-    ap.add_argument("--pretrain_steps", type=int, default=300)
-    ap.add_argument("--sft_steps", type=int, default=60)
+    ap.add_argument("--pretrain_steps", type=int, default=600)
+    ap.add_argument("--sft_steps", type=int, default=100)
     ap.add_argument("--grpo_steps", type=int, default=40)
-    ap.add_argument("--grpo_lr", type=float, default=1e-3)
+    # measured on a 61% SFT model (1-2 digits): lr 1e-3 -> 0% after 40 steps, 2e-4 -> 6%, 3e-5 -> 50%
+    ap.add_argument("--grpo_lr", type=float, default=3e-5)
     ap.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step")
     ap.add_argument("--group", type=int, default=8, help="GRPO completions per prompt")
     ap.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature")
+    ap.add_argument("--advantage", default="grpo", choices=["grpo", "dr_grpo", "rloo"], help="GRPO advantage")
+    ap.add_argument("--eval_prompts", type=int, default=64,
+                    help="held-out problems scored during GRPO (the pass@1 curve of the PNG; 0: none)")
     args = ap.parse_args(argv)
     if args.quick:
-        args.held_out, args.pretrain_steps, args.sft_steps, args.grpo_steps = 40, 20, 10, 3
+        args.held_out, args.pretrain_steps, args.sft_steps, args.grpo_steps, args.eval_prompts = 40, 20, 10, 3, 8
     return args
 
 
@@ -196,8 +200,11 @@ def grpo(src: Path, out: Path, args) -> dict:
         "init": str(src), "out": str(out),
         "grpo": {"task": "arithmetic", "max_digits": args.digits, "min_digits": args.min_digits, "ops": args.ops,
                  "prompts_per_step": args.prompts, "group_size": args.group, "max_new_tokens": MAX_NEW,
-                 "temperature": args.temperature, "eval_prompts": 0, "beta": 0.0},
-        "train": {"max_steps": args.grpo_steps, "seq_len": 128, "micro_batch": 64, "eval_every": 0,
+                 "temperature": args.temperature, "advantage": args.advantage, "beta": 0.0,
+                 # the PNG's pass@1 curve: greedy on the first held-out problems, 4 times in the run
+                 "eval_prompts": args.eval_prompts, "pass_k": 4},
+        "train": {"max_steps": args.grpo_steps, "seq_len": 128, "micro_batch": args.prompts * args.group,
+                  "eval_every": max(args.grpo_steps // 4, 1) if args.eval_prompts else 0,
                   "log_every": 5, "device": "cpu", "dtype": "fp32"},
         # no weight decay: a 0.2M model pulled towards 0 for a few dozen RL steps only loses what SFT taught
         "optim": {"name": "adamw", "lr": args.grpo_lr, "warmup_steps": 0, "weight_decay": 0.0},

@@ -20,7 +20,17 @@ def test_worked_columns_carry_and_borrow():
     def prob(a, op, b, ans):
         return Problem(f"What is {a} {op} {b}?", str(ans), {"a": a, "b": b, "op": op})
 
-    assert worked(prob(47, "+", 85, 132)) == "7+5=12, 4+8+1=13, so 132"
-    assert worked(prob(7, "+", 41, 48)) == "1+7=8, 4+0=4, so 48"
-    assert worked(prob(52, "-", 29, 23)) == "12-9=3, 5-2-1=2, so 23"
-    assert worked(prob(5, "-", 9, -4)) == "9-5: 9-5=4, so -4"
+    assert worked(prob(47, "+", 85, 132)) == "7+5+0=12, 4+8+1=13, so 132"
+    assert worked(prob(7, "+", 41, 48)) == "1+7+0=08, 4+0+0=04, so 48"  # the longer operand first
+    assert worked(prob(52, "-", 29, 23)) == "12-9-0=3, 05-2-1=2, so 23"
+    assert worked(prob(5, "-", 9, -4)) == "9-5: 09-5-0=4, so -4"
+    assert worked(prob(100, "-", 1, 99)) == "10-1-0=9, 10-0-1=9, 01-0-1=0, so 99"
+
+
+def test_worked_steps_have_a_fixed_width():
+    """Every column step is as long as the others (the digits sit at fixed offsets), whatever the carries."""
+    task = ArithmeticTask(seed=1, max_digits=3, ops="+-")
+    for i in range(300):
+        p = task.train_problem(i)
+        body = worked(p).split(": ")[-1].rsplit(", so ", 1)[0]
+        assert {len(step) for step in body.split(", ")} == {8}, (p.prompt, worked(p))
