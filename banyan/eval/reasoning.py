@@ -65,8 +65,10 @@ def pass_sums(model, tok, template: str, task, problems, k: int = 4, temperature
 
 
 def summarize(sums: dict[str, float], k: int) -> dict[str, float]:
+    """pass_at_1 is greedy; pass_at_K comes from K samples (K = 1: `pass_at_1_sampled`, not the greedy key)."""
     n = max(sums["n"], 1.0)
-    return {"pass_at_1": sums["pass1"] / n, f"pass_at_{k}": sums["passk"] / n, "mean_score": sums["score"] / n,
+    sampled = f"pass_at_{k}" if k > 1 else "pass_at_1_sampled"
+    return {"pass_at_1": sums["pass1"] / n, sampled: sums["passk"] / n, "mean_score": sums["score"] / n,
             "n": int(sums["n"])}
 
 

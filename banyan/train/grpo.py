@@ -233,7 +233,8 @@ class GRPOTask(Task):
         was = model.training
         model.eval()  # no dropout: the stored values are the policy's own probabilities
         try:
-            store_logps(model, rows, self.pad, key, self.cfg.train.micro_batch, self.env.device, autocast)
+            store_logps(model, rows, self.pad, key, self.cfg.train.micro_batch, self.env.device, autocast,
+                        self.s.temperature)
         finally:
             model.train(was)
 
@@ -283,7 +284,7 @@ class GRPOTask(Task):
 
         s = self.s
         mask = (batch["labels"] != IGNORE).float()
-        logp, entropy = token_logps(model, batch, with_entropy=True)
+        logp, entropy = token_logps(model, batch, with_entropy=True, temperature=s.temperature)
         old = batch["old_logp"] if s.ppo_epochs > 1 else logp.detach()
         sur = clipped_surrogate(logp, old, batch["adv"][:, None], s.clip_low, s.clip_high)
         per_token = sur.loss
@@ -318,7 +319,9 @@ class GRPOTask(Task):
         keys = ("n", "pass1", "passk", "score")
         tot = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=env.device)).tolist()
         n = max(tot[0], 1.0)
-        return {"val_pass_at_1": tot[1] / n, f"val_pass_at_{s.pass_k}": tot[2] / n, "val_score": tot[3] / n}
+        # pass@k from k samples; with k = 1 that is a sampled pass@1, kept apart from the greedy one
+        sampled = f"val_pass_at_{s.pass_k}" if s.pass_k > 1 else "val_pass_at_1_sampled"
+        return {"val_pass_at_1": tot[1] / n, sampled: tot[2] / n, "val_score": tot[3] / n}
 
     def sample(self, raw_model: nn.Module, step: int) -> str | None:
         """The first held-out problem, the greedy reply and its grade."""

@@ -45,9 +45,14 @@ def collate(rows: list[dict], pad_id: int) -> Batch:
     return {"input_ids": input_ids, "labels": labels, "adv": adv, "old_logp": old, "ref_logp": ref}
 
 
-def token_logps(model: nn.Module, batch: Batch, with_entropy: bool = False):
-    """(log p of each label [R, L] fp32, 0 where IGNORE; entropy of each position's distribution [R, L] or None)."""
+def token_logps(model: nn.Module, batch: Batch, with_entropy: bool = False, temperature: float = 1.0):
+    """(log p of each label [R, L] fp32, 0 where IGNORE; entropy of each position's distribution [R, L] or None).
+
+    `temperature`: the distribution the rollouts were sampled from, softmax(logits / T), so the policy
+    gradient, the PPO ratio and the KL are those of the sampling policy (as TRL's GRPOTrainer does)."""
     logits = model(batch["input_ids"]).float()  # [R, L, V]
+    if temperature != 1.0:
+        logits = logits / temperature
     logp_all = F.log_softmax(logits, dim=-1)
     labels = batch["labels"]
     tok = logp_all.gather(-1, labels.clamp(min=0)[..., None]).squeeze(-1)
@@ -61,7 +66,7 @@ def token_logps(model: nn.Module, batch: Batch, with_entropy: bool = False):
 
 @torch.no_grad()
 def store_logps(model: nn.Module, rows: list[dict], pad_id: int, key: str, micro_batch: int, device,
-                autocast) -> None:
+                autocast, temperature: float = 1.0) -> None:
     """Fill rows[i][key] with the completion tokens' log-probs under `model` (no grad), micro_batch rows at a time."""
     import contextlib
 
@@ -69,7 +74,7 @@ def store_logps(model: nn.Module, rows: list[dict], pad_id: int, key: str, micro
         chunk = rows[lo:lo + micro_batch]
         b = {k: v.to(device) for k, v in collate(chunk, pad_id).items()}
         with autocast or contextlib.nullcontext():
-            logp, _ = token_logps(model, b)
+            logp, _ = token_logps(model, b, temperature=temperature)
         logp = logp.float().cpu()
         for i, r in enumerate(chunk):
             p, n = r["prompt_len"], len(r["ids"]) - 1

@@ -138,6 +138,26 @@ def test_evaluate_checkpoint_on_any_run(sft):
     assert res["n"] == 3 and 0 <= res["pass_at_1"] <= res["pass_at_2"] <= 1
 
 
+def test_k1_sampling_does_not_overwrite_the_greedy_pass_at_1():
+    """k = 1 gives a sampled pass@1: it gets its own key; pass_at_1 stays the greedy figure."""
+    from banyan.eval.reasoning import summarize
+
+    res = summarize({"n": 4.0, "pass1": 3.0, "passk": 1.0, "score": 3.0}, k=1)
+    assert res["pass_at_1"] == 0.75 and res["pass_at_1_sampled"] == 0.25
+
+
+def test_token_logps_are_those_of_the_sampling_temperature():
+    """softmax(logits / T): the policy that sampled the rollout at temperature T."""
+    from banyan.train.rollout import token_logps
+
+    logits = torch.randn(1, 3, 5)
+    model = lambda ids: logits  # noqa: E731
+    batch = {"input_ids": torch.zeros(1, 3, dtype=torch.long), "labels": torch.tensor([[2, -100, 4]])}
+    lp, _ = token_logps(model, batch, temperature=0.5)
+    want = torch.log_softmax(logits / 0.5, -1)
+    assert torch.allclose(lp[0, 0], want[0, 0, 2]) and lp[0, 1] == 0 and torch.allclose(lp[0, 2], want[0, 2, 4])
+
+
 def test_bad_input(sft, tmp_path):
     plain = tmp_path / "plain_ck"
     shutil.copytree(sft / "checkpoints" / "step_000002", plain)
