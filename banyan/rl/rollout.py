@@ -34,8 +34,10 @@ class VecEnv:
         self.frames = np.stack([self._reset_one(i, seed + i) for i in range(num_envs)])  # [K, D]
         self.window = np.repeat(self.frames[:, None], history, axis=1) if history > 1 else None  # [K, T, D]
 
-    def _check(self, key: str, values: np.ndarray, when: str) -> None:
+    def _check(self, key: str, values: np.ndarray, when: str, alive: np.ndarray | None = None) -> None:
         ok = np.isfinite(values.reshape(self.k, -1)).all(axis=1)
+        if alive is not None:  # copies whose episode ended are not looked at
+            ok |= ~alive
         if not ok.all():
             raise non_finite_error(self.name, key, when, self.role, self.steps, int(np.argmin(ok)), self.k)
 
@@ -88,6 +90,46 @@ class VecEnv:
     def close(self) -> None:
         for env in self.envs:
             env.close()
+
+
+class NativeVecEnv(VecEnv):
+    """Evaluation copies stepped by the env's own numpy-vectorised implementation (Gymnasium's
+    `vector_entry_point`, e.g. CartPoleVectorEnv): one call per step for all K instead of K Python steps.
+
+    Its auto-reset (next-step mode) never shows: `evaluate_greedy` only reads each copy's first episode
+    and stops stepping a copy's return once it ended. History windows are not supported (use VecEnv)."""
+
+    def __init__(self, info, num_envs: int, seed: int, role: str = "evaluation"):
+        import gymnasium as gym
+
+        self.name, self.role, self.k, self.history, self.window, self.steps = info.name, role, num_envs, 1, None, 0
+        self.vec = gym.make_vec(info.name, num_envs=num_envs, vectorization_mode="vector_entry_point")
+        self.seed = seed
+
+    @staticmethod
+    def available(info, history: int) -> bool:
+        import gymnasium as gym
+
+        return history == 1 and info.name in gym.registry and gym.spec(info.name).vector_entry_point is not None
+
+    def reset_all(self) -> None:
+        obs, _ = self.vec.reset(seed=self.seed)  # seeded once; later resets continue its RNG
+        self.seed = None
+        self.frames = np.asarray(obs, dtype=np.float32)
+        self._check("observation", self.frames, "on reset")
+
+    def step(self, actions: np.ndarray, alive: np.ndarray | None = None):
+        assert alive is not None, "NativeVecEnv is for evaluation only"
+        obs, reward, term, trunc, _ = self.vec.step(actions)
+        self.steps += self.k
+        self.frames = np.asarray(obs, dtype=np.float32)
+        reward = np.asarray(reward, dtype=np.float32)
+        self._check("observation", self.frames, "after a step", alive)
+        self._check("reward", reward, "after a step", alive)
+        return self.frames.copy(), reward, np.asarray(term), np.asarray(trunc)
+
+    def close(self) -> None:
+        self.vec.close()
 
 
 class Rollout:

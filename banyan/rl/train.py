@@ -32,7 +32,7 @@ from banyan.rl.envs import action_kind, make_env, probe_spaces, resolve_env, see
 from banyan.logger import MetricsLogger, read_metrics
 from banyan.rl.curves import eval_curve, plot_curves
 from banyan.rl.policies import NetConfig
-from banyan.rl.rollout import VecEnv
+from banyan.rl.rollout import NativeVecEnv, VecEnv
 from banyan.rl.ppo import PPOConfig
 
 
@@ -134,7 +134,8 @@ def _train(cfg: RLConfig, info, obs_space, kind: str, out: Path) -> dict:
     if cfg.algo == "ppo" and kind == "discrete" and cfg.backend == "vector":
         # PPO's fast path: plain Gymnasium envs, one TensorDict per batch (banyan.rl.rollout)
         env = VecEnv(info, cfg.envs, cfg.seed, history)
-        eval_env = VecEnv(info, cfg.eval_episodes, cfg.seed + 10_000, history, role="evaluation")
+        eval_env = (NativeVecEnv(info, cfg.eval_episodes, cfg.seed + 10_000) if NativeVecEnv.available(info, history)
+                    else VecEnv(info, cfg.eval_episodes, cfg.seed + 10_000, history, role="evaluation"))
     else:
         env = make_env(info, cfg.envs, cfg.seed, history, cfg.backend)
         eval_env = make_env(info, cfg.eval_episodes, cfg.seed + 10_000, history, role="evaluation")

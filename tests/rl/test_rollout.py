@@ -81,3 +81,23 @@ def test_greedy_evaluation_stops_each_copy_at_its_own_end():
     assert unfinished == 0 and np.all((returns > 5) & (returns < 30))  # always-right falls fast
     returns, unfinished = evaluate_greedy(venv, Right(), max_steps=3)
     assert unfinished == 4 and np.all(returns == 3)
+
+
+class _Balance(torch.nn.Module):
+    """A hand-made CartPole controller (push toward the side the pole falls to): logits [K, 2]."""
+
+    def forward(self, x):
+        s = x[..., 2] + 0.5 * x[..., 3] + 0.01 * x[..., 0] + 0.1 * x[..., 1]
+        return torch.stack([-s, s], -1)
+
+
+def test_native_vector_evaluation_matches_the_per_env_loop():
+    from banyan.rl.rollout import NativeVecEnv
+
+    info = resolve_env("CartPole-v1")
+    assert NativeVecEnv.available(info, 1) and not NativeVecEnv.available(info, 8)
+    assert not NativeVecEnv.available(resolve_env("banyan/CartPoleNoVel-v0"), 1)
+    for env in (VecEnv(info, 3, seed=7, role="evaluation"), NativeVecEnv(info, 3, seed=7)):
+        returns, unfinished = evaluate_greedy(env, _Balance(), max_steps=501)
+        assert unfinished == 0 and np.all(returns == 500.0), (type(env).__name__, returns)  # the 500-step limit
+        env.close()
