@@ -150,6 +150,8 @@ class Run:
             "reward_threshold": self.threshold, "steps_to_solve": self.steps_to_solve,
             "wall_seconds": time.perf_counter() - self.start, "train_seconds": self.train_seconds(),
             "samples_per_second": self.sps(), "policy_params": n_params,
+            # what a user waits for: evaluation episodes and checkpoints included (start-up is not)
+            "samples_per_second_with_eval": self.step / max(time.perf_counter() - self.start, 1e-9),
             "evals": [{"step": s, "return_mean": m, "return_std": sd} for s, m, sd in self.evals],
         }
         atomic_write_json(self.out / "summary.json", summary, default=float)

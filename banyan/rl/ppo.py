@@ -1,8 +1,9 @@
 """PPO (Schulman et al. 2017, arXiv:1707.06347) with GAE, read top to bottom.
 
 Each iteration:
-  1. collect `envs x rollout_steps` transitions with the current stochastic policy (TorchRL `Collector`,
-     which runs the policy under torch.no_grad);
+  1. collect `envs x rollout_steps` transitions with the current stochastic policy, under torch.no_grad:
+     banyan.rl.rollout for discrete actions on the vector backend (plain Gymnasium envs, one TensorDict
+     per batch), else TorchRL's `Collector`;
   2. compute advantages and value targets with TorchRL's `GAE` (Schulman et al. 2016, arXiv:1506.02438):
        delta_t = r_t + gamma * V(s_{t+1}) * (1 - terminated_t) - V(s_t)
        A_t     = delta_t + gamma * lambda * (1 - done_t) * A_{t+1}
