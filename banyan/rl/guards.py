@@ -54,6 +54,12 @@ def _first_bad(t: torch.Tensor) -> int | None:
     return int(rows[0]) if len(rows) else None
 
 
+def non_finite_error(env_name: str, key: str, when: str, role: str, steps: int, row: int, num_envs: int):
+    """The one message for a non-finite env output (FiniteGuard and banyan.rl.rollout.VecEnv raise it)."""
+    return NonFiniteError(f"{env_name}: non-finite {key} {when} at {role} env step {steps} "
+                          f"(sub-env {row} of {num_envs}); nothing was trained on it")
+
+
 class FiniteGuard(Transform):
     """Raise NonFiniteError on a non-finite observation (reset or step) or reward; counts env steps.
 
@@ -69,8 +75,7 @@ class FiniteGuard(Transform):
             if key in td.keys():
                 row = _first_bad(td[key])
                 if row is not None:
-                    raise NonFiniteError(f"{self.env_name}: non-finite {key} {when} at {self.role} env step {self.steps} "
-                                         f"(sub-env {row} of {self.num_envs}); nothing was trained on it")
+                    raise non_finite_error(self.env_name, key, when, self.role, self.steps, row, self.num_envs)
 
     def _call(self, next_tensordict):
         self.steps += self.num_envs

@@ -19,6 +19,7 @@ import torch.nn as nn
 from banyan.io import atomic_path, atomic_write_json
 from banyan.logger import MetricsLogger
 from banyan.rl.guards import check_weights
+from banyan.rl.rollout import VecEnv, evaluate_greedy
 
 
 # Steps per evaluation episode when the env has no TimeLimit and --eval_max_steps is 0.
@@ -99,7 +100,10 @@ class Run:
 
     def evaluate(self, step: int) -> float:
         t0 = time.perf_counter()
-        returns, unfinished = evaluate(self.eval_env, self.eval_policy, self.cfg.eval_episodes, self.eval_cap)
+        if isinstance(self.eval_env, VecEnv):  # PPO's fast path: plain Gymnasium envs, the logits network
+            returns, unfinished = evaluate_greedy(self.eval_env, self.eval_policy, self.eval_cap)
+        else:
+            returns, unfinished = evaluate(self.eval_env, self.eval_policy, self.cfg.eval_episodes, self.eval_cap)
         self.eval_time += time.perf_counter() - t0
         if unfinished and not self.warned_cap:
             self.warned_cap = True
@@ -146,6 +150,8 @@ class Run:
             "reward_threshold": self.threshold, "steps_to_solve": self.steps_to_solve,
             "wall_seconds": time.perf_counter() - self.start, "train_seconds": self.train_seconds(),
             "samples_per_second": self.sps(), "policy_params": n_params,
+            # what a user waits for: evaluation episodes and checkpoints included (start-up is not)
+            "samples_per_second_with_eval": self.step / max(time.perf_counter() - self.start, 1e-9),
             "evals": [{"step": s, "return_mean": m, "return_std": sd} for s, m, sd in self.evals],
         }
         atomic_write_json(self.out / "summary.json", summary, default=float)

@@ -32,6 +32,7 @@ from banyan.rl.envs import action_kind, make_env, probe_spaces, resolve_env, see
 from banyan.logger import MetricsLogger, read_metrics
 from banyan.rl.curves import eval_curve, plot_curves
 from banyan.rl.policies import NetConfig
+from banyan.rl.rollout import NativeVecEnv, VecEnv
 from banyan.rl.ppo import PPOConfig
 
 
@@ -129,10 +130,15 @@ def _train(cfg: RLConfig, info, obs_space, kind: str, out: Path) -> dict:
     seed_everything(cfg.seed)
     write_config(cfg, out / "config.toml")
     history = cfg.net.history if cfg.policy == "transformer" else 1
-    env = make_env(info, cfg.envs, cfg.seed, history, cfg.backend)
-    # Evaluation uses its own envs and seeds (and always the vector backend) so it never disturbs the
-    # training episodes.
-    eval_env = make_env(info, cfg.eval_episodes, cfg.seed + 10_000, history, role="evaluation")
+    # Evaluation uses its own envs and seeds so it never disturbs the training episodes.
+    if cfg.algo == "ppo" and kind == "discrete" and cfg.backend == "vector":
+        # PPO's fast path: plain Gymnasium envs, one TensorDict per batch (banyan.rl.rollout)
+        env = VecEnv(info, cfg.envs, cfg.seed, history)
+        eval_env = (NativeVecEnv(info, cfg.eval_episodes, cfg.seed + 10_000) if NativeVecEnv.available(info, history)
+                    else VecEnv(info, cfg.eval_episodes, cfg.seed + 10_000, history, role="evaluation"))
+    else:
+        env = make_env(info, cfg.envs, cfg.seed, history, cfg.backend)
+        eval_env = make_env(info, cfg.eval_episodes, cfg.seed + 10_000, history, role="evaluation")
     algo_cfg = dataclasses.replace(cfg, eval_max_steps=eval_cap(cfg, info))
     logger = MetricsLogger(out, cfg.log, cfg)  # the same logger and schema as LM runs; step = env steps
     obs_dim = obs_space.shape[0]
@@ -144,8 +150,8 @@ def _train(cfg: RLConfig, info, obs_space, kind: str, out: Path) -> dict:
             summary = dqn.train(algo_cfg, env, eval_env, obs_dim, info.reward_threshold, logger)
     finally:
         logger.close()
-        env.close(raise_if_closed=False)  # the collector may have closed it already
-        eval_env.close(raise_if_closed=False)
+        for e in (env, eval_env):
+            e.close() if isinstance(e, VecEnv) else e.close(raise_if_closed=False)  # a collector may have closed it
     if cfg.log.plots:
         steps, rets = eval_curve(read_metrics(out / "metrics.jsonl"))
         plot_curves({f"{cfg.algo}/{cfg.policy} seed {cfg.seed}": [(steps, rets)]}, out / "learning_curve.png",

@@ -57,3 +57,8 @@ def test_bench_reports_pass_fail(tmp_path, capsys):
     assert "FAIL (need 1)" in capsys.readouterr().out
     result = json.loads((tmp_path / "b" / "bench_rl.json").read_text())
     assert result["solved"] == 0 and result["passed"] is False and len(result["runs"]) == 1
+    run = result["runs"][0]
+    assert run["env_steps"] == 256 and run["steps_to_solve"] is None
+    # samples/s with the evaluation episodes counted can only be lower than training-only samples/s
+    assert 0 < run["samples_per_second_with_eval"] <= run["samples_per_second"]
+    assert result["samples_per_second_with_eval_mean"] == run["samples_per_second_with_eval"]
