@@ -85,7 +85,8 @@ def predicted_step_seconds(mc, specs, optim: str, micro_batch: int, seq: int, ac
         flops = tokens * (S.flops_per_token(mc, specs, seq) + S.recompute_flops_per_token(mc, specs, seq, ac, chunk))
         return flops / (peak_flops * mfu) + S.optimizer_seconds(mc, specs, optim, 1, tp.mem_bw_gbs, peak_flops, mfu)
     compute = S.micro_batch_seconds(mc, specs, micro_batch, seq, ac, chunk, tp, e).total
-    return compute + S.optimizer_seconds(mc, specs, optim, 1, tp.mem_bw_gbs, tp.matmul_tflops * 1e12)
+    return compute + S.optimizer_seconds(mc, specs, optim, 1, tp.mem_bw_gbs, tp.matmul_tflops * 1e12,
+                                           dispatch_s=tp.dispatch_s)
 
 
 def _load() -> float | None:
