@@ -173,7 +173,8 @@ def calibrate_cpu_ops(min_s: float, attn_shapes: list[tuple[int, int, int, int]]
     fresh = _time(lambda: torch.zeros(big.numel()), min_s, lambda: None)
     fault = max(0.0, fresh - _time(big.zero_, min_s, lambda: None)) / big.nbytes
     return {"attn_tflops": ar, "attn_d0": ad0, "attn_fit_rms_log_error": aerr, "elem_bw_gbs": elem_bw,
-            "dispatch_s": _dispatch_seconds(min_s / 2), "gelu_s": gelu, "page_fault_s": fault,
+            "dispatch_s": _dispatch_seconds(min_s / 2), "gelu_s": gelu,
+            "page_fault_s": fault,
             "attention": [{"b": b, "h": h, "t": t, "hd": hd, "seconds": s, "tflops": fl / s / 1e12}
                           for (b, h, t, hd, s), fl in zip(attn, fwd_flops)]}
 
@@ -213,8 +214,8 @@ def calibrate(dev: torch.device, shapes: list[tuple[int, int, int]] | None = Non
         bus = src.nbytes / _time(fn, min_s, lambda: torch.cuda.synchronize()) / 1e9
     acc = match_device_name(torch.cuda.get_device_name(dev)) if cuda else None
     return {"preset": acc.name if acc else ("cpu" if not cuda else None), "matmul_tflops": r, "d0": d0,
-            "fit_rms_log_error": err, "nt_rate": nt, "tn_rate": tn, "mem_bw_gbs": mem_bw, "launch_s": launch, "bus_gbs": bus,
-            "bus_kind": bus_kind, "dtype": str(dtype).replace("torch.", ""),
+            "fit_rms_log_error": err, "nt_rate": nt, "tn_rate": tn, "mem_bw_gbs": mem_bw, "launch_s": launch,
+            "bus_gbs": bus, "bus_kind": bus_kind, "dtype": str(dtype).replace("torch.", ""),
             "matmuls": [{"m": m, "n": n, "k": k, "seconds": t, "tflops": 2 * m * n * k / t / 1e12}
                         for m, n, k, t in samples],
             "torch": torch.__version__, "threads": torch.get_num_threads(),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import statistics
 import time
 
@@ -146,7 +147,7 @@ def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int,
     fpt = S.flops_per_token(mc, specs, seq)
     return {"device": str(dev), "accelerator": acc.name, "peak_tflops": acc.tflops, "mfu": mfu,
             "measured_mfu": tokens * fpt / step_s / acc.peak_flops, "speed_model": tp.source,
-            "throughput": {"matmul_tflops": tp.matmul_tflops, "d0": tp.d0, "mem_bw_gbs": tp.mem_bw_gbs,
-                           "launch_s": tp.launch_s}, "load_1min": _load(), "optim": optim,
+            "throughput": {k: v for k, v in dataclasses.asdict(tp).items() if k != "source"},
+            "load_1min": _load(), "optim": optim,
             "ac": ac, "chunked_loss": chunk, "micro_batch": micro_batch, "seq": seq, "steps": steps,
             "final_loss": loss, "rows": rows}
