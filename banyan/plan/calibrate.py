@@ -88,7 +88,8 @@ def _from_entry(entry: dict, path: str | Path | None) -> Throughput:
                       attn_tflops=float(entry.get("attn_tflops", 0.0)), attn_d0=float(entry.get("attn_d0", 0.0)),
                       elem_bw_gbs=float(entry.get("elem_bw_gbs", 0.0)), dispatch_s=dispatch,
                       nt_rate=float(entry.get("nt_rate", 1.0)), tn_rate=float(entry.get("tn_rate", 1.0)),
-                      page_fault_s=float(entry.get("page_fault_s", 0.0)), gelu_s=float(entry.get("gelu_s", 0.0)))
+                      page_fault_s=float(entry.get("page_fault_s", 0.0)), gelu_s=float(entry.get("gelu_s", 0.0)),
+                      gelu_tanh_s=float(entry.get("gelu_tanh_s", 0.0)))
 
 
 def throughput_for(acc: Accelerator, key: str | None = None, path: str | Path | None = None) -> Throughput:
@@ -161,19 +162,22 @@ def _dispatch_seconds(min_s: float) -> float:
 def calibrate_cpu_ops(min_s: float, attn_shapes: list[tuple[int, int, int, int]] | None = None,
                       elem_mb: int = CPU_ELEM_MB) -> dict:
     """The CPU's eager costs beyond GEMMs: causal SDPA rate (fit like the GEMM curve over f(T)^2 f(hd)),
-    out-of-place elementwise bandwidth, and host dispatch per aten call (speed.Throughput fields)."""
+    out-of-place elementwise bandwidth, host dispatch per aten call, GELU (exact and tanh) arithmetic and
+    page faults of fresh >= 32 MiB blocks (speed.Throughput fields)."""
     attn = [(b, h, t, hd, _sdpa_seconds(b, h, t, hd, min_s)) for b, h, t, hd in attn_shapes or CPU_ATTN_SHAPES]
     fwd_flops = [attention_flops(h, b, t, hd) * (1 + ATTN_BWD_FACTOR) for b, h, t, hd, _ in attn]
     ar, ad0, aerr = fit_rate([(fl, (t, t, hd), s) for fl, (_, _, t, hd, s) in zip(fwd_flops, attn)])
     n = elem_mb * 2**20 // 4
     x, y = torch.randn(n), torch.randn(n)
     elem_bw = 3 * x.nbytes / _time(lambda: x * y, min_s, lambda: None) / 1e9  # read 2, write 1 (fresh)
-    gelu = _time(lambda: torch.nn.functional.gelu(x, approximate="tanh"), min_s, lambda: None) / n
+    gelu = {a: (_time(lambda: torch.nn.functional.gelu(x, approximate=a), min_s / 2, lambda: None)
+                + _time(lambda: torch.ops.aten.gelu_backward(y, x, approximate=a), min_s / 2, lambda: None)) / n
+            for a in ("none", "tanh")}  # forward + backward seconds per value
     big = torch.empty(FAULT_MB * 2**20 // 4)  # above glibc's mmap threshold: each torch.zeros is a fresh mmap
     fresh = _time(lambda: torch.zeros(big.numel()), min_s, lambda: None)
     fault = max(0.0, fresh - _time(big.zero_, min_s, lambda: None)) / big.nbytes
     return {"attn_tflops": ar, "attn_d0": ad0, "attn_fit_rms_log_error": aerr, "elem_bw_gbs": elem_bw,
-            "dispatch_s": _dispatch_seconds(min_s / 2), "gelu_s": gelu,
+            "dispatch_s": _dispatch_seconds(min_s / 2), "gelu_s": gelu["none"], "gelu_tanh_s": gelu["tanh"],
             "page_fault_s": fault,
             "attention": [{"b": b, "h": h, "t": t, "hd": hd, "seconds": s, "tflops": fl / s / 1e12}
                           for (b, h, t, hd, s), fl in zip(attn, fwd_flops)]}

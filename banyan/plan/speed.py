@@ -25,6 +25,12 @@ Optimizer step: memory-bound, bytes touched per (local) parameter / memory bandw
 p, g, m, v and writes p, m, v (28 B fp32), 8-bit AdamW 16 B, Muon 20 B plus its Newton-Schulz
 matmuls (5 x (4*m^2*n + 2*m^3) FLOPs for an m x n matrix, m <= n), plus 4 B to read grads for clipping.
 
+On a CPU (an eager host: Throughput.dispatch_s > 0, from `plan --calibrate`) ops run one by one in the
+Python thread, so the model adds what a GPU hides or fuses: each aten call's host cost (EAGER_OPS, counted
+with torch.profiler), elementwise bytes counted op by op (eager_elementwise_bytes_per_token) at the
+measured out-of-place bandwidth, the SDPA kernel's own measured rate, page faults of >= 32 MiB outputs and
+GELU's arithmetic (host_extra_seconds), and the X W^T / dY^T X GEMM layouts' measured rates.
+
 Communication (ring algorithms, Patarasuk & Yuan 2009; NCCL's bus-bandwidth model): all-reduce
 moves 2(n-1)/n * bytes per rank, reduce-scatter and all-gather (n-1)/n * bytes, at the slowest
 link's bandwidth: intra-node link x `LINK_EFFICIENCY` (x `P2P_OFF_FACTOR` without PCIe P2P), or
@@ -96,7 +102,9 @@ class Throughput:
     page_fault_s: float = 0.0
     """Extra seconds per byte written into a fresh (>= 32 MiB, mmap-backed) CPU allocation."""
     gelu_s: float = 0.0
-    """Seconds per value of a tanh-GELU forward on the host (compute-bound on CPUs)."""
+    """Seconds per value of an exact (erf) GELU forward + backward on the host (compute-bound on CPUs)."""
+    gelu_tanh_s: float = 0.0
+    """The same for the tanh-approximate GELU (model.activation gelu_tanh)."""
 
 
 def dim_efficiency(d: float, d0: float) -> float:
@@ -175,14 +183,15 @@ def eager_elementwise_bytes_per_token(cfg: ModelConfig) -> tuple[float, float]:
 
 
 def host_extra_seconds(cfg: ModelConfig, tokens: int, tp: Throughput) -> tuple[float, float]:
-    """(forward, backward) CPU costs beyond bytes and FLOPs: page faults and tanh-GELU's arithmetic.
+    """(forward, backward) CPU costs beyond bytes and FLOPs: page faults and GELU's arithmetic.
 
     glibc serves allocations of >= 32 MiB (its largest mmap threshold) with fresh pages from mmap, so
     every write into such an output faults its pages in (tp.page_fault_s per byte). Counted for the
     [tokens, V] fp32 loss tensors (logits, log-softmax; their grads) and the [tokens, F] MLP tensors
     (llama: gate, up, silu, product forward, their 4 grads backward; gpt2: fc out, GELU; 2 grads).
-    tanh-GELU runs ~4 ns per value on one core, above its memory time: (tp.gelu_s - 8 B / bandwidth)
-    per value forward and backward. Only when the device is eager (tp.dispatch_s > 0).
+    GELU's arithmetic (erf or tanh: ~2 + 3 or ~4 + 4 ns per value forward + backward on one core) is above
+    its memory time (8 B forward + 12 B backward per value): the excess, half forward half backward.
+    Only when the device is eager (tp.dispatch_s > 0).
     """
     if tp.dispatch_s <= 0:
         return 0.0, 0.0
@@ -191,8 +200,9 @@ def host_extra_seconds(cfg: ModelConfig, tokens: int, tp: Throughput) -> tuple[f
     fault = lambda nbytes, n: n * nbytes * tp.page_fault_s if nbytes >= MMAP_THRESHOLD else 0.0  # noqa: E731
     fwd, bwd = fault(logits, 2) + cfg.n_layer * fault(mlp, n_mlp), fault(logits, 2) + cfg.n_layer * fault(mlp, n_mlp)
     if cfg.arch == "gpt2":
-        gelu = cfg.n_layer * tokens * cfg.d_ff * max(0.0, tp.gelu_s - 8 / ((tp.elem_bw_gbs or tp.mem_bw_gbs) * 1e9))
-        fwd, bwd = fwd + gelu, bwd + gelu
+        per_value = tp.gelu_tanh_s if cfg.activation == "gelu_tanh" else tp.gelu_s
+        gelu = cfg.n_layer * tokens * cfg.d_ff * max(0.0, per_value - 20 / ((tp.elem_bw_gbs or tp.mem_bw_gbs) * 1e9))
+        fwd, bwd = fwd + gelu / 2, bwd + gelu / 2
     return fwd, bwd
 
 
