@@ -307,9 +307,18 @@ def main_calibrate(args: PlanConfig) -> int:
         print(f"  matmul {mm['m']:>6} x {mm['n']:>6} x {mm['k']:>6}: {mm['seconds'] * 1e3:9.3f} ms "
               f"{mm['tflops']:8.3f} TFLOP/s")
     print(f"  fit: {res['matmul_tflops']:.3f} TFLOP/s at large shapes, half rate at dim {res['d0']:.0f} "
-          f"(rms log error {res['fit_rms_log_error']:.2f}); memory {res['mem_bw_gbs']:.1f} GB/s; "
+          f"(rms log error {res['fit_rms_log_error']:.2f}); layouts X W^T x{res['nt_rate']:.2f}, "
+          f"dY^T X x{res['tn_rate']:.2f}; memory {res['mem_bw_gbs']:.1f} GB/s; "
           f"launch {res['launch_s'] * 1e6:.1f} us" + (f"; bus ({res['bus_kind']}) {res['bus_gbs']:.1f} GB/s"
                                                        if res["bus_gbs"] else ""))
+    for a in res.get("attention", []):
+        print(f"  causal SDPA fwd+bwd {a['b']}x{a['h']}x{a['t']}x{a['hd']}: {a['seconds'] * 1e3:9.3f} ms "
+              f"{a['tflops']:8.3f} TFLOP/s")
+    if "dispatch_s" in res:
+        print(f"  SDPA fit: {res['attn_tflops']:.3f} TFLOP/s, half rate at dim {res['attn_d0']:.0f}; elementwise "
+              f"{res['elem_bw_gbs']:.1f} GB/s; dispatch {res['dispatch_s'] * 1e6:.1f} us per aten call; GELU fwd+bwd "
+              f"{res['gelu_s'] * 1e9:.2f} ns (tanh {res['gelu_tanh_s'] * 1e9:.2f}) per value; page faults "
+              f"{res['page_fault_s'] * 2**30:.2f} s per fresh GiB")
     return 0
 
 

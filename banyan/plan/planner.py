@@ -182,7 +182,8 @@ def evaluate(work: Workload, hw: Hardware, strategy: str, optim: str, ac: str) -
     fwd_s, bwd_s, tp = micro_batch_times(work, hw, ac, mb)
     row.compute_s = row.accum * (fwd_s + bwd_s)
     shard = n if strategy != "ddp" else 1
-    row.optim_s = S.optimizer_seconds(cfg, specs, optim, shard, tp.mem_bw_gbs, tp.matmul_tflops * 1e12)
+    row.optim_s = S.optimizer_seconds(cfg, specs, optim, shard, tp.mem_bw_gbs, tp.matmul_tflops * 1e12,
+                                      dispatch_s=tp.dispatch_s)
     block = sum(s.numel for s in specs if s.kind == "matrix") // cfg.n_layer
     comm = S.comm_seconds(strategy, n, M.n_params(specs), block, cfg.n_layer, row.accum, fwd_s, bwd_s, hw.bw_gbs,
                           work.bucket_mb, work.reduce_bytes)

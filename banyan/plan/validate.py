@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import statistics
 import time
 
@@ -85,7 +86,8 @@ def predicted_step_seconds(mc, specs, optim: str, micro_batch: int, seq: int, ac
         flops = tokens * (S.flops_per_token(mc, specs, seq) + S.recompute_flops_per_token(mc, specs, seq, ac, chunk))
         return flops / (peak_flops * mfu) + S.optimizer_seconds(mc, specs, optim, 1, tp.mem_bw_gbs, peak_flops, mfu)
     compute = S.micro_batch_seconds(mc, specs, micro_batch, seq, ac, chunk, tp, e).total
-    return compute + S.optimizer_seconds(mc, specs, optim, 1, tp.mem_bw_gbs, tp.matmul_tflops * 1e12)
+    return compute + S.optimizer_seconds(mc, specs, optim, 1, tp.mem_bw_gbs, tp.matmul_tflops * 1e12,
+                                           dispatch_s=tp.dispatch_s)
 
 
 def _load() -> float | None:
@@ -145,7 +147,7 @@ def validate(cfg: RunConfig, optim: str, steps: int, micro_batch: int, seq: int,
     fpt = S.flops_per_token(mc, specs, seq)
     return {"device": str(dev), "accelerator": acc.name, "peak_tflops": acc.tflops, "mfu": mfu,
             "measured_mfu": tokens * fpt / step_s / acc.peak_flops, "speed_model": tp.source,
-            "throughput": {"matmul_tflops": tp.matmul_tflops, "d0": tp.d0, "mem_bw_gbs": tp.mem_bw_gbs,
-                           "launch_s": tp.launch_s}, "load_1min": _load(), "optim": optim,
+            "throughput": {k: v for k, v in dataclasses.asdict(tp).items() if k != "source"},
+            "load_1min": _load(), "optim": optim,
             "ac": ac, "chunked_loss": chunk, "micro_batch": micro_batch, "seq": seq, "steps": steps,
             "final_loss": loss, "rows": rows}

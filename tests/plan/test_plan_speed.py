@@ -176,3 +176,136 @@ def test_constant_mfu_flag_keeps_the_old_estimate(capsys):
     assert banyan(argv) == 0
     d2 = json.loads(capsys.readouterr().out)
     assert d2["speed_model"]["source"].startswith("preset") and d2["rows"][0]["compute_s"] != row["compute_s"]
+
+
+# --- the CPU (eager host) terms: hand-computed cases -------------------------------------------------------------
+
+
+def test_measured_sdpa_rate_replaces_the_gemm_curve_for_attention():
+    c = tiny()  # 2 heads of 32
+    flat = S.Throughput(100.0, 0.0, 1000.0, 0.0, attn_tflops=0.01)  # SDPA at 10 GFLOP/s, no falloff
+    fwd, bwd = S.attention_seconds(c, 3, 128, flat, 4)
+    assert fwd == pytest.approx(3 * 2 * 4 * 128 * 128 * 32 / 2 / 1e10) and bwd == pytest.approx(2.5 * fwd)
+    curved = S.Throughput(100.0, 0.0, 1000.0, 0.0, attn_tflops=0.01, attn_d0=32.0)  # f(128)^2 f(32) = 0.64 x 0.5
+    assert S.attention_seconds(c, 3, 128, curved, 4)[0] == pytest.approx(fwd / (0.8 * 0.8 * 0.5))
+
+
+def test_eager_elementwise_bytes_are_counted_op_by_op():
+    c = tiny()  # llama D=64, F=128, dq=64, dkv=32
+    # fwd: norms 2*28*64 + rotary 40*(64+32) + output copy 8*64 + SwiGLU 20*128 + adds 24*64
+    # bwd: norms 2*84*64 + rotary 60*96 + SwiGLU 36*128 + copy 8*64 + grad sums 60*64
+    assert S.eager_elementwise_bytes_per_token(c) == (3584 + 3840 + 512 + 2560 + 1536,
+                                                      10752 + 5760 + 4608 + 512 + 3840)
+    g = ModelConfig(arch="gpt2", vocab_size=256, n_layer=2, n_head=2, d_model=64, max_seq_len=128)
+    g.finalize()  # F = 4D = 256: fwd LN 16*64 + GELU 8*256 + copy 8*64 + adds 24*64; bwd 40*64 + 12*256 + 56*64
+    assert S.eager_elementwise_bytes_per_token(g) == (1024 + 2048 + 512 + 1536, 2560 + 3072 + 512 + 1536 + 1536)
+    # an eager device (dispatch_s > 0) moves those bytes at elem_bw_gbs; the loss moves its 3 passes
+    tp = S.Throughput(1e9, 0.0, 100.0, 0.0, elem_bw_gbs=1.0, dispatch_s=1e-15)
+    st = S.micro_batch_seconds(c, M.param_specs(c), 1, 100, "none", 0, tp, 4)
+    fwd_b, bwd_b = S.eager_elementwise_bytes_per_token(c)
+    assert st.memory == pytest.approx((2 * 100 * (fwd_b + bwd_b) + 3 * 100 * S.loss_bytes_per_token(c, 4)) / 1e9)
+
+
+def test_eager_dispatch_is_paid_per_aten_call_with_recompute():
+    c = tiny()
+    tp = S.Throughput(1e9, 0.0, 1e12, 0.0, dispatch_s=1e-3)
+    (bf, bb), (of, ob) = S.EAGER_OPS["llama"]
+    st = S.micro_batch_seconds(c, M.param_specs(c), 1, 8, "none", 0, tp, 4)
+    assert st.launch == pytest.approx((2 * bf + of + 2 * bb + ob) * 1e-3)
+    full = S.micro_batch_seconds(c, M.param_specs(c), 1, 8, "full", 0, tp, 4)
+    assert full.launch - st.launch == pytest.approx(2 * bf * 1e-3)  # each block's forward runs again
+    # fused AdamW: 2 calls per step whatever the tensor count; bytes at the copy bandwidth
+    specs = M.param_specs(c)
+    base = S.optimizer_seconds(c, specs, "adamw", 1, 1.0, 1e12)
+    assert base == pytest.approx(32 * M.n_params(specs) / 1e9)
+    assert S.optimizer_seconds(c, specs, "adamw", 1, 1.0, 1e12, dispatch_s=1e-3) == pytest.approx(base + 2e-3)
+
+
+def test_fresh_mmap_outputs_fault_and_tanh_gelu_costs_arithmetic():
+    c = ModelConfig(arch="llama", vocab_size=4096, n_layer=2, n_head=2, n_kv_head=1, d_model=64, d_ff=128,
+                    max_seq_len=128)
+    c.finalize()
+    tp = S.Throughput(1e9, 0.0, 10.0, 0.0, dispatch_s=1e-6, page_fault_s=1e-9)
+    # 2048 tokens x 4096 x 4 B = 32 MiB logits: at glibc's mmap threshold, fresh pages (2 writes fwd, 2 bwd)
+    assert S.host_extra_seconds(c, 2048, tp) == pytest.approx((2 * 2**25 * 1e-9,) * 2)
+    assert S.host_extra_seconds(c, 2047, tp) == (0.0, 0.0)  # below it the heap recycles the block
+    assert S.host_extra_seconds(c, 2048, S.Throughput(1e9, 0.0, 10.0, 0.0)) == (0.0, 0.0)  # GPU: none
+    g = ModelConfig(arch="gpt2", vocab_size=256, n_layer=3, n_head=2, d_model=64, max_seq_len=128)
+    g.finalize()  # F = 256; GELU fwd+bwd at 5 ns/value vs its 20 B at 10 GB/s = 2 ns: 3 ns extra, half each pass
+    tg = S.Throughput(1e9, 0.0, 10.0, 0.0, dispatch_s=1e-6, gelu_s=5e-9, gelu_tanh_s=8e-9)
+    fwd, bwd = S.host_extra_seconds(g, 100, tg)
+    assert fwd == bwd == pytest.approx(3 * 100 * 256 * 3e-9 / 2)
+    g.activation = "gelu_tanh"  # imported HF GPT-2: the tanh form, 8 - 2 = 6 ns extra
+    assert S.host_extra_seconds(g, 100, tg)[0] == pytest.approx(3 * 100 * 256 * 6e-9 / 2)
+
+
+def test_gemm_layout_rates_scale_forward_and_weight_gradient():
+    tp = S.Throughput(1.0, 0.0, 1e12, 0.0)
+    slow = S.Throughput(1.0, 0.0, 1e12, 0.0, nt_rate=0.5, tn_rate=0.25)
+    f, b = S.weight_matmul_seconds(100, 30, 20, tp, 4)
+    sf, sb = S.weight_matmul_seconds(100, 30, 20, slow, 4)
+    one = 2 * 100 * 30 * 20 / 1e12  # every one of the three GEMMs has the same FLOPs
+    assert (f, b) == (pytest.approx(one), pytest.approx(2 * one))
+    assert (sf, sb) == (pytest.approx(2 * one), pytest.approx(one + 4 * one))
+
+
+def test_fit_rate_recovers_the_sdpa_curve():
+    r, d0 = 20e9, 45.0
+    f = lambda d: d / (d + d0)  # noqa: E731
+    dims = [(96, 96, 64), (192, 192, 48), (384, 384, 64)]
+    samples = [(1e9 * i, d, 1e9 * i / (r * f(d[0]) * f(d[1]) * f(d[2]))) for i, d in enumerate(dims, 1)]
+    fr, fd0, err = C.fit_rate(samples)
+    assert fr == pytest.approx(0.02, rel=0.02) and fd0 == pytest.approx(45.25, rel=0.01) and err < 0.01
+
+
+def test_cpu_calibration_stores_the_eager_costs_and_old_entries_still_load(tmp_path):
+    ops = C.calibrate_cpu_ops(0.01, attn_shapes=[(1, 2, 32, 16), (1, 2, 64, 16)], elem_mb=1)
+    assert all(ops[k] > 0 for k in ("attn_tflops", "elem_bw_gbs", "dispatch_s", "gelu_s", "gelu_tanh_s"))
+    assert ops["page_fault_s"] >= 0 and len(ops["attention"]) == 2
+    entry = {"matmul_tflops": 0.05, "d0": 16.0, "mem_bw_gbs": 10.0, "launch_s": 5e-6, "nt_rate": 0.9, **ops}
+    path = tmp_path / "cal.json"
+    C.store("cpu/1t", entry, path)
+    tp = C.throughput_for(gpu("cpu"), "cpu/1t", path)
+    assert tp.dispatch_s == pytest.approx(ops["dispatch_s"]) and tp.launch_s == 0.0  # dispatch replaces launches
+    assert tp.attn_tflops == pytest.approx(ops["attn_tflops"]) and tp.nt_rate == 0.9 and tp.tn_rate == 1.0
+    C.store("NVIDIA H200", {"preset": "h200", "matmul_tflops": 700.0, "d0": 64.0, "mem_bw_gbs": 4000.0,
+                            "launch_s": 5e-6}, path)  # an entry from before these fields: the GPU model
+    old = C.throughput_for(gpu("h200"), None, path)
+    assert (old.launch_s, old.dispatch_s, old.attn_tflops, old.nt_rate, old.page_fault_s) == (5e-6, 0.0, 0.0, 1.0, 0.0)
+
+
+def _aten_calls(arch: str, n_layer: int) -> tuple[int, int]:
+    """Top-level aten calls of one forward and one backward of a tiny model (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    from banyan.losses import lm_loss
+    from banyan.model import build_model
+
+    c = ModelConfig(arch=arch, vocab_size=64, n_layer=n_layer, n_head=2, n_kv_head=1 if arch == "llama" else 2,
+                    d_model=32, max_seq_len=16)
+    c.finalize()
+    m = build_model(c, device="cpu")
+    x = torch.randint(0, 64, (1, 9))
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        with record_function("FWD"):
+            loss = lm_loss(m.hidden_states(x[:, :-1]), m.output_weight(), x[:, 1:])
+        with record_function("BWD"):
+            loss.backward()
+    events = prof.events()
+    spans = {e.name: (e.time_range.start, e.time_range.end) for e in events if e.name in ("FWD", "BWD")}
+    counts = {"FWD": 0, "BWD": 0}
+    for e in events:
+        if e.name.startswith("aten::") and not (e.cpu_parent is not None and e.cpu_parent.name.startswith("aten::")):
+            for k, (s, t) in spans.items():
+                counts[k] += s <= e.time_range.start <= t
+    return counts["FWD"], counts["BWD"]
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_eager_op_counts_match_the_profiler(arch):
+    """EAGER_OPS against the real model: a change to the blocks' code that adds or removes ops shows here."""
+    f1, b1 = _aten_calls(arch, 1)
+    f2, b2 = _aten_calls(arch, 2)
+    (bf, bb), (of, ob) = S.EAGER_OPS[arch]
+    assert (f2 - f1, b2 - b1) == pytest.approx((bf, bb), rel=0.15)
+    assert (2 * f1 - f2, 2 * b1 - b2) == pytest.approx((of, ob), rel=0.15)
