@@ -114,16 +114,18 @@ def main() -> int:
                 f"--out_dir={a.out / 'nano_out'}"]
     ours = [sys.executable, "-m", "banyan", "pretrain", "--config", str(cfg), "--log.no_progress", "--log.no_plots",
             "--log.no_tensorboard"]
-    sides = {"nanogpt": (nano_cmd, a.out / "nanogpt", r"step 500: train loss [\d.]+, val loss ([\d.]+)"),
-             "banyan": (ours + ["--out", str(a.out / "run1")], a.out, r"step 500: val loss ([\d.]+)"),
+    ours_pat = r"step 500: val loss ([\d.]+)"
+    # name: (command, working folder, val-loss pattern, run folder emptied before each round or None)
+    sides = {"nanogpt": (nano_cmd, a.out / "nanogpt", r"step 500: train loss [\d.]+, val loss ([\d.]+)", None),
+             "banyan": (ours + ["--out", str(a.out / "run1")], a.out, ours_pat, a.out / "run1"),
              "banyan-2p": (ours + ["--out", str(a.out / "run2"), "--nproc", "2", "--train.micro_batch", "6"], a.out,
-                           r"step 500: val loss ([\d.]+)")}
+                           ours_pat, a.out / "run2")}
     rows = []
     for r in range(a.rounds):
         row = {}
-        for name, (cmd, cwd, pat) in sides.items():
-            if name != "nanogpt":
-                shutil.rmtree(a.out / ("run1" if name == "banyan" else "run2"), ignore_errors=True)
+        for name, (cmd, cwd, pat, run_dir) in sides.items():
+            if run_dir is not None:
+                shutil.rmtree(run_dir, ignore_errors=True)
             row[name] = run(cmd, cwd, pat)
             print(f"round {r}: {name:<9} {row[name][0]:7.1f} s  val loss@500 {row[name][1]}", flush=True)
         rows.append(row)

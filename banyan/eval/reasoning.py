@@ -64,11 +64,15 @@ def pass_sums(model, tok, template: str, task, problems, k: int = 4, temperature
             "score": float(sum(scores))}
 
 
+def sampled_key(k: int) -> str:
+    """The name of pass@k from k samples: with k = 1 a sampled pass@1, kept apart from the greedy `pass_at_1`."""
+    return f"pass_at_{k}" if k > 1 else "pass_at_1_sampled"
+
+
 def summarize(sums: dict[str, float], k: int) -> dict[str, float]:
-    """pass_at_1 is greedy; pass_at_K comes from K samples (K = 1: `pass_at_1_sampled`, not the greedy key)."""
+    """pass_at_1 is greedy; pass_at_K comes from K samples (see sampled_key)."""
     n = max(sums["n"], 1.0)
-    sampled = f"pass_at_{k}" if k > 1 else "pass_at_1_sampled"
-    return {"pass_at_1": sums["pass1"] / n, sampled: sums["passk"] / n, "mean_score": sums["score"] / n,
+    return {"pass_at_1": sums["pass1"] / n, sampled_key(k): sums["passk"] / n, "mean_score": sums["score"] / n,
             "n": int(sums["n"])}
 
 

@@ -304,7 +304,7 @@ class GRPOTask(Task):
 
     # ------------------------------------------------------------------ evaluation and state
     def evaluate(self, model: nn.Module) -> dict[str, float]:
-        from banyan.eval.reasoning import pass_sums
+        from banyan.eval.reasoning import pass_sums, sampled_key
         from banyan.train.step import all_reduce_sum, autocast_for
 
         s, env = self.s, self.env
@@ -319,9 +319,7 @@ class GRPOTask(Task):
         keys = ("n", "pass1", "passk", "score")
         tot = all_reduce_sum(torch.tensor([sums[k] for k in keys], dtype=torch.float64, device=env.device)).tolist()
         n = max(tot[0], 1.0)
-        # pass@k from k samples; with k = 1 that is a sampled pass@1, kept apart from the greedy one
-        sampled = f"val_pass_at_{s.pass_k}" if s.pass_k > 1 else "val_pass_at_1_sampled"
-        return {"val_pass_at_1": tot[1] / n, sampled: tot[2] / n, "val_score": tot[3] / n}
+        return {"val_pass_at_1": tot[1] / n, "val_" + sampled_key(s.pass_k): tot[2] / n, "val_score": tot[3] / n}
 
     def sample(self, raw_model: nn.Module, step: int) -> str | None:
         """The first held-out problem, the greedy reply and its grade."""
