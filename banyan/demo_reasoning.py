@@ -3,11 +3,18 @@
     [1/4] a corpus of arithmetic text from the task's TRAINING problems, each with a short worked
           solution ("What is 47 + 85? 7+5=12, 4+8+1=13, so 132"), character-level shards
     [2/4] pretrain a small Llama on it
-    [3/4] SFT: the same kind of problems as chat turns (user: "What is 47 + 85?", assistant: the
-          worked solution)
+    [3/4] SFT: the same kind of problems as chat turns (user: "What is 47 + 85?"); the assistant
+          shows the working on half of them and answers the other half directly ("so 132"), as chat
+          data written by people often does (--direct: that share)
     [4/4] GRPO with the task's exact-match verifier as the reward
 
-and greedy pass@1 on held-out problems after SFT and after GRPO. Held-out problems are those whose
+and greedy pass@1 on held-out problems after SFT and after GRPO, with the share of greedy replies that
+show the working. The SFT model answers directly when greedy (one "s" outweighs ten possible first
+digits) and a 4-layer model adds two-digit numbers in one go badly; sampled, about half its replies
+work it out, and those are right far more often. That is the signal GRPO needs: it learns from its own
+graded samples that working it out pays, and the greedy reply switches. Measured (2-digit +, 500
+held-out, seeds 0 / 1 / 2): 42.6 / 31.2 / 28.0% after SFT -> 91.8 / 90.6 / 48.6% after GRPO; with
+--direct 0 (every SFT answer worked) SFT alone reaches ~69% and GRPO adds ~3 points. Held-out problems are those whose
 sha256 falls in banyan.data.reasoning's held-out tenth: no training stage ever sees one (the corpus,
 the SFT conversations and the GRPO rollouts all draw from the training split only).
 """
@@ -16,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import shutil
 import time
 from pathlib import Path
@@ -72,21 +80,32 @@ def write_corpus(task, folder: Path, docs: int, per_doc: int, offset: int = 0) -
     return path
 
 
-def write_chats(task, path: Path, n: int, offset: int) -> Path:
-    """jsonl of n one-turn conversations on training problems offset.. (user question, assistant answer)."""
+def write_chats(task, path: Path, n: int, offset: int, direct: float = 0.0) -> Path:
+    """jsonl of n one-turn conversations on training problems offset.. (user question, assistant answer):
+    a share `direct` of the answers (drawn with a fixed seed) is "so ANSWER", the rest the worked solution."""
+    rng = random.Random(offset)
     with path.open("w", encoding="utf-8") as f:
         for i in range(n):
             p = task.train_problem(offset + i)
+            answer = f"so {p.answer}" if rng.random() < direct else worked(p)
             f.write(json.dumps({"messages": [{"role": "user", "content": p.prompt},
-                                             {"role": "assistant", "content": worked(p)}]}) + "\n")
+                                             {"role": "assistant", "content": answer}]}) + "\n")
     return path
 
 
-def held_out_pass(run: Path, task, n: int) -> float:
-    """Greedy pass@1 of a run's latest checkpoint on the task's first n held-out problems."""
-    from banyan.eval.reasoning import evaluate_checkpoint
+def held_out(run: Path, task, n: int) -> tuple[float, float]:
+    """(greedy pass@1, share of greedy replies that show the working) of a run's latest checkpoint on the
+    task's first n held-out problems."""
+    import torch
 
-    return evaluate_checkpoint(run, task, n=n, k=1, max_new_tokens=MAX_NEW)["pass_at_1"]
+    from banyan.eval.reasoning import greedy_replies
+    from banyan.eval.run import load_eval_model
+
+    em = load_eval_model(run, torch.device("cpu"))
+    problems = task.held_out(n)
+    replies = greedy_replies(em.model, em.tok, em.chat_template, problems, MAX_NEW)
+    passed = sum(task.score(p, r) >= 1.0 for p, r in zip(problems, replies))
+    return passed / len(problems), sum("=" in r for r in replies) / len(problems)
 
 
 def parse_args(argv: list[str] | None):
@@ -97,14 +116,22 @@ def parse_args(argv: list[str] | None):
     ap.add_argument("--digits", type=int, default=2, help="digits per operand (at most)")
     ap.add_argument("--min_digits", type=int, default=1, help="digits per operand (at least; = --digits: fixed width)")
     ap.add_argument("--ops", default="+", help="operators")
+    ap.add_argument("--seed", type=int, default=0,
+                    help="the task's seed (which problems are held out, the corpus, the chats) and each stage's (1337 + seed)")
     ap.add_argument("--held_out", type=int, default=500, help="held-out problems scored after SFT and GRPO")
     ap.add_argument("--layers", type=int, default=4, help="transformer blocks of the model")
     ap.add_argument("--width", type=int, default=64, help="d_model (4 heads, d_ff = 3 x width)")
     ap.add_argument("--pretrain_steps", type=int, default=600)
-    ap.add_argument("--sft_steps", type=int, default=100)
-    ap.add_argument("--grpo_steps", type=int, default=40)
-    # measured on a 61% SFT model (1-2 digits): lr 1e-3 -> 0% after 40 steps, 2e-4 -> 6%, 3e-5 -> 50%
-    ap.add_argument("--grpo_lr", type=float, default=3e-5)
+    ap.add_argument("--sft_steps", type=int, default=200)
+    ap.add_argument("--direct", type=float, default=0.5,
+                    help="share of SFT answers given directly, without the working (0: all worked)")
+    ap.add_argument("--grpo_steps", type=int, default=150)
+    # measured (seeds 0 / 1 / 2; SFT 42.6 / 31.2 / 28.0%): 150 steps at lr 5e-5 with 10 warm-up steps ->
+    # 91.8 / 90.6 / 48.6%; 100 steps at 1e-4 without warm-up -> 86.2 / 88.8 / 28.2% (seed 2's reward fell
+    # from 0.28 to 0.08 in the first steps: Adam's first steps are sign-like, lr on every weight).
+    # lr 3e-4 and more collapse the reward to 0 within a step or two.
+    ap.add_argument("--grpo_lr", type=float, default=5e-5)
+    ap.add_argument("--grpo_warmup", type=int, default=10, help="GRPO learning-rate warm-up steps")
     ap.add_argument("--prompts", type=int, default=8, help="GRPO prompts per step")
     ap.add_argument("--group", type=int, default=8, help="GRPO completions per prompt")
     ap.add_argument("--temperature", type=float, default=1.0, help="GRPO sampling temperature")
@@ -122,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.time()
     from banyan.data.reasoning import ArithmeticTask
 
-    task = ArithmeticTask(seed=0, max_digits=args.digits, ops=args.ops, min_digits=args.min_digits)
+    task = ArithmeticTask(seed=args.seed, max_digits=args.digits, ops=args.ops, min_digits=args.min_digits)
     root = Path(args.out)
     if root.exists():
         shutil.rmtree(root)  # the demo's own folder
@@ -137,26 +164,29 @@ def main(argv: list[str] | None = None) -> int:
     t = time.time()
     pretrain(root / "data", runs["pretrain"], args)
     clock["pretrain"], t = time.time() - t, time.time()
-    sft(runs["pretrain"], runs["sft"], write_chats(task, root / "chats.jsonl", 20000, offset=10**6), args.sft_steps)
+    chats = write_chats(task, root / "chats.jsonl", 20000, offset=10**6, direct=args.direct)
+    sft(runs["pretrain"], runs["sft"], chats, args)
     clock["sft"], t = time.time() - t, time.time()
-    after_sft = held_out_pass(runs["sft"], task, args.held_out)
-    print(f"held-out pass@1 after SFT: {after_sft:.1%} on {args.held_out} problems")
+    after_sft = held_out(runs["sft"], task, args.held_out)
+    print(f"held-out pass@1 after SFT: {after_sft[0]:.1%} on {args.held_out} problems "
+          f"({after_sft[1]:.0%} of the replies show the working)")
     clock["eval"], t = time.time() - t, time.time()
     summary = grpo(runs["sft"], runs["grpo"], args)
     clock["grpo"], t = time.time() - t, time.time()
-    after_grpo = held_out_pass(runs["grpo"], task, args.held_out)
+    after_grpo = held_out(runs["grpo"], task, args.held_out)
     clock["eval"] += time.time() - t
     report(args, after_sft, after_grpo, summary, clock, time.time() - t0)
     return 0
 
 
-def report(args, after_sft: float, after_grpo: float, summary: dict, clock: dict, total: float) -> None:
-    """The final table: held-out greedy pass@1 after each stage, GRPO figures, time per stage."""
+def report(args, after_sft: tuple, after_grpo: tuple, summary: dict, clock: dict, total: float) -> None:
+    """The final table: held-out greedy pass@1 (and working shown) after each stage, GRPO figures, time per stage."""
     print("-" * 64)
     print(f"held-out greedy pass@1 on {args.held_out} {args.digits}-digit {' '.join(args.ops)} problems "
           f"(never seen in training)")
-    print(f"  after SFT    {after_sft:6.1%}")
-    print(f"  after GRPO   {after_grpo:6.1%}   ({(after_grpo - after_sft) * 100:+.1f} points)")
+    print(f"  after SFT    {after_sft[0]:6.1%}   (working shown in {after_sft[1]:4.0%} of the replies)")
+    print(f"  after GRPO   {after_grpo[0]:6.1%}   (working shown in {after_grpo[1]:4.0%}; "
+          f"{(after_grpo[0] - after_sft[0]) * 100:+.1f} points)")
     print(f"GRPO: {summary.get('step', 0)} steps, {summary.get('skipped_no_signal', 0)} skipped without signal, "
           f"{summary.get('samples_per_s', 0):.1f} completions/s; curves: {summary.get('grpo_plot', '-')}")
     print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in clock.items()) + f"; total {total:.0f}s")
@@ -172,7 +202,7 @@ def pretrain(data: Path, out: Path, args) -> None:
                   "d_ff": 3 * args.width, "max_seq_len": 128},
         "train": {"max_steps": args.pretrain_steps, "seq_len": 128, "micro_batch": 32, "eval_every": 0,
                   "eval_batches": 4,
-                  "log_every": 25, "device": "cpu", "dtype": "fp32"},
+                  "log_every": 25, "device": "cpu", "dtype": "fp32", "seed": 1337 + args.seed},
         "optim": {"name": "adamw", "lr": 3e-3, "warmup_steps": 20}, "checkpoint": {"every": 0},
         "log": {"tensorboard": False}})
     print(f"[2/4] pretraining a {cfg.model.n_layer}-layer, width-{cfg.model.d_model} Llama "
@@ -180,16 +210,16 @@ def pretrain(data: Path, out: Path, args) -> None:
     train(cfg)
 
 
-def sft(src: Path, out: Path, chats: Path, steps: int) -> None:
+def sft(src: Path, out: Path, chats: Path, args) -> None:
     from banyan.train.sft import SFTConfig, train
 
     cfg = load_config(SFTConfig, overrides={
         "init": str(src), "out": str(out), "sft": {"data": str(chats), "end_prompts": 0},
-        "train": {"max_steps": steps, "seq_len": 128, "micro_batch": 32, "eval_every": 0, "eval_batches": 4,
-                  "log_every": 25, "device": "cpu", "dtype": "fp32"},
+        "train": {"max_steps": args.sft_steps, "seq_len": 128, "micro_batch": 32, "eval_every": 0, "eval_batches": 4,
+                  "log_every": 25, "device": "cpu", "dtype": "fp32", "seed": 1337 + args.seed},
         "optim": {"name": "adamw", "lr": 1e-3, "warmup_steps": 10}, "checkpoint": {"every": 0},
         "log": {"tensorboard": False}})
-    print(f"[3/4] SFT on question/answer chats for {steps} steps ...")
+    print(f"[3/4] SFT on question/answer chats for {args.sft_steps} steps ({args.direct:.0%} answered directly) ...")
     train(cfg)
 
 
@@ -205,9 +235,9 @@ def grpo(src: Path, out: Path, args) -> dict:
                  "eval_prompts": args.eval_prompts, "pass_k": 4},
         "train": {"max_steps": args.grpo_steps, "seq_len": 128, "micro_batch": args.prompts * args.group,
                   "eval_every": max(args.grpo_steps // 4, 1) if args.eval_prompts else 0,
-                  "log_every": 5, "device": "cpu", "dtype": "fp32"},
+                  "log_every": 5, "device": "cpu", "dtype": "fp32", "seed": 1337 + args.seed},
         # no weight decay: a 0.2M model pulled towards 0 for a few dozen RL steps only loses what SFT taught
-        "optim": {"name": "adamw", "lr": args.grpo_lr, "warmup_steps": 0, "weight_decay": 0.0},
+        "optim": {"name": "adamw", "lr": args.grpo_lr, "warmup_steps": args.grpo_warmup, "weight_decay": 0.0},
         "checkpoint": {"every": 0}, "log": {"tensorboard": False}})
     print(f"[4/4] GRPO with the exact-match verifier for {args.grpo_steps} steps "
           f"({cfg.grpo.prompts_per_step} prompts x {cfg.grpo.group_size} completions each) ...")

@@ -34,3 +34,21 @@ def test_worked_steps_have_a_fixed_width():
         p = task.train_problem(i)
         body = worked(p).split(": ")[-1].rsplit(", so ", 1)[0]
         assert {len(step) for step in body.split(", ")} == {8}, (p.prompt, worked(p))
+
+
+def test_sft_chats_mix_direct_and_worked_answers(tmp_path):
+    """--direct: that share of the SFT answers is "so ANSWER"; every answer, direct or worked, is correct."""
+    import json
+
+    from banyan.demo_reasoning import write_chats
+
+    task = ArithmeticTask(seed=0, max_digits=2, ops="+")
+    for direct, lo, hi in ((0.0, 0, 0), (0.5, 0.42, 0.58), (1.0, 1.0, 1.0)):
+        rows = [json.loads(line) for line in write_chats(task, tmp_path / f"c{direct}.jsonl", 400, 7, direct).open()]
+        answers = [r["messages"][1]["content"] for r in rows]
+        share = sum("=" not in a for a in answers) / len(answers)
+        assert lo <= share <= hi, (direct, share)
+        for i, a in enumerate(answers):
+            assert task.score(task.train_problem(7 + i), a) == 1.0, a
+    again = write_chats(task, tmp_path / "again.jsonl", 400, 7, 0.5).read_text()
+    assert again == (tmp_path / "c0.5.jsonl").read_text()  # a fixed draw

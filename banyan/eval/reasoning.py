@@ -1,5 +1,6 @@
 """pass@1 (greedy) and pass@k (sampled) of a chat model on a reasoning task's held-out problems.
 
+    greedy_replies(model, tok, template, problems, ...)     -> the greedy reply text of each problem
     pass_sums(model, tok, template, task, problems, k, ...)  -> sums {n, pass1, passk, score} (one process's share)
     evaluate_reasoning(model, tok, template, task, n, k, ...) -> {pass_at_1, pass_at_k, mean_score, n}
     evaluate_checkpoint("runs/grpo", "arithmetic", n=500, k=4) the same from any run, checkpoint or HF folder
@@ -38,6 +39,17 @@ def completion_text(tok, ids: list[int]) -> str:
 
 
 @torch.no_grad()
+def greedy_replies(model, tok, template: str, problems, max_new_tokens: int = 32, system_prompt: str = "",
+                   device=None) -> list[str]:
+    """The greedy (temperature 0) reply of each problem, without its stop token."""
+    from banyan.model.generate import generate_batch
+
+    ids = [prompt_ids(tok, template, p.prompt, system_prompt) for p in problems]
+    gen = generate_batch(model, ids, max_new_tokens, stop_ids(tok), temperature=0.0, device=device)
+    return [completion_text(tok, t) for t in gen.tokens]
+
+
+@torch.no_grad()
 def pass_sums(model, tok, template: str, task, problems, k: int = 4, temperature: float = 1.0,
               max_new_tokens: int = 32, seed: int = 0, system_prompt: str = "", autocast=None,
               device=None) -> dict[str, float]:
@@ -49,13 +61,12 @@ def pass_sums(model, tok, template: str, task, problems, k: int = 4, temperature
     if not problems:
         return {"n": 0.0, "pass1": 0.0, "passk": 0.0, "score": 0.0}
     ids = [prompt_ids(tok, template, p.prompt, system_prompt) for p in problems]
-    stops = stop_ids(tok)
     with autocast or contextlib.nullcontext():
-        greedy = generate_batch(model, ids, max_new_tokens, stops, temperature=0.0, device=device)
+        greedy = greedy_replies(model, tok, template, problems, max_new_tokens, system_prompt, device)
         g = torch.Generator(device=device or "cpu").manual_seed(seed)
-        sampled = generate_batch(model, [p for p in ids for _ in range(k)], max_new_tokens, stops,
+        sampled = generate_batch(model, [p for p in ids for _ in range(k)], max_new_tokens, stop_ids(tok),
                                  temperature=temperature, generator=g, device=device)
-    scores = [task.score(p, completion_text(tok, t)) for p, t in zip(problems, greedy.tokens)]
+    scores = [task.score(p, text) for p, text in zip(problems, greedy)]
     passk = 0.0
     for i, p in enumerate(problems):
         c = sum(task.score(p, completion_text(tok, t)) >= 1.0 for t in sampled.tokens[i * k:(i + 1) * k])

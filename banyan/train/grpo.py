@@ -123,6 +123,7 @@ class GRPOTask(Task):
     """GRPO on the shared Trainer (see the module docstring)."""
 
     name = "grpo"
+    headline = ("val_pass_at_1", "val_score")
 
     def __init__(self, cfg: GRPOConfig):
         self.cfg, self.s = cfg, cfg.grpo
