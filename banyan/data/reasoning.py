@@ -36,6 +36,7 @@ import random
 import re
 from dataclasses import dataclass, field
 from fractions import Fraction
+from pathlib import Path
 from typing import Callable
 
 from banyan.errors import BanyanError, ConfigError
@@ -239,15 +240,41 @@ def load_task(spec: str, seed: int = 0, max_digits: int = 2, ops: str = "+-*", n
     raise ConfigError(f"unknown task {spec!r}: expected one of {', '.join(BUILTIN)} or rg:NAME{hint}")
 
 
+def import_reward_module(module: str):
+    """A module by file path (`my_rewards.py`) or by name, found on sys.path or in the working directory
+    (the `banyan` console script, unlike `python -m`, does not put the working directory on sys.path)."""
+    import importlib.util
+    import os
+    import sys
+
+    if module.endswith(".py"):
+        spec = importlib.util.spec_from_file_location(Path(module).stem, module)
+        if spec is None or spec.loader is None or not Path(module).is_file():
+            raise ImportError(f"no such file {module}")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+    try:
+        return importlib.import_module(module)
+    except ModuleNotFoundError as e:
+        if e.name != module.split(".")[0] or os.getcwd() in sys.path:
+            raise
+    sys.path.insert(0, os.getcwd())
+    try:
+        return importlib.import_module(module)
+    finally:
+        sys.path.remove(os.getcwd())
+
+
 def load_reward_function(spec: str) -> Callable[[str, str], float]:
     """`module:function` -> a checked callable (prompt, completion) -> finite float (RewardError otherwise)."""
-    module, sep, name = spec.partition(":")
+    module, sep, name = spec.rpartition(":")
     if not sep or not module or not name:
-        raise ConfigError(f"reward function must be 'module:function', got {spec!r}")
+        raise ConfigError(f"reward function must be 'module:function' or 'path/to/file.py:function', got {spec!r}")
     try:
-        fn = getattr(importlib.import_module(module), name)
-    except ImportError as e:
-        raise ConfigError(f"reward function {spec}: cannot import {module!r} ({e})") from None
+        fn = getattr(import_reward_module(module), name)
+    except (ImportError, OSError, SyntaxError) as e:
+        raise ConfigError(f"reward function {spec}: cannot import {module!r} ({type(e).__name__}: {e})") from None
     except AttributeError:
         raise ConfigError(f"reward function {spec}: module {module!r} has no {name!r}") from None
     if not callable(fn):

@@ -20,6 +20,7 @@ from __future__ import annotations
 import abc
 import hashlib
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
@@ -123,7 +124,25 @@ def chat_source(cfg) -> tuple[Path, object, str]:
         template = load_chat_template(ck)
     except DataError as e:
         raise DataError(f"--init {cfg.init}: not a chat model ({e})") from None
+    if not chat_trained(ck):
+        print(f"warning: --init {cfg.init} was never trained on chats (its config.toml has no sft, dpo, grpo or "
+              "reward section): its tokenizer has the template, but the model has not learnt turns; "
+              "starting from it anyway (an R1-Zero-style start)", file=sys.stderr)
     return ck, load_tokenizer(ck), template
+
+
+def chat_trained(ck: Path) -> bool:
+    """Whether a banyan checkpoint came from a chat stage (sft / dpo / grpo / reward); True when unknown (HF)."""
+    import tomllib
+
+    path = ck / "config.toml"
+    if not path.is_file():
+        return True  # an HF folder: its own card says what it is
+    try:
+        sections = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError):
+        return True  # load_init reports a broken checkpoint with its own error
+    return any(k in sections for k in ("sft", "dpo", "grpo", "reward"))
 
 
 class PairTask(Task):

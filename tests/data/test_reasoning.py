@@ -103,3 +103,22 @@ def test_reward_functions(monkeypatch):
         load_reward_function("no_such_module_xyz:f")
     with pytest.raises(ConfigError, match="module:function"):
         load_reward_function("nocolon")
+
+
+def test_reward_function_from_the_working_directory_or_a_file(tmp_path, monkeypatch):
+    """`banyan grpo --grpo.reward my_rewards:fn` finds my_rewards.py in the working directory (the console
+    script does not put it on sys.path), and `path/to/file.py:fn` loads that file; sys.path is left as it was."""
+    (tmp_path / "cwd_rewards_xyz.py").write_text("def length(prompt, completion):\n    return len(completion)\n")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "file_rewards.py").write_text("def one(prompt, completion):\n    return 1\n")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    before = list(sys.path)
+    assert load_reward_function("cwd_rewards_xyz:length")("q", "abcd") == 4.0
+    assert load_reward_function(str(tmp_path / "sub" / "file_rewards.py") + ":one")("q", "") == 1.0
+    assert sys.path == before
+    with pytest.raises(ConfigError, match="no such file"):
+        load_reward_function("sub/missing.py:one")
+    (tmp_path / "broken_rewards_xyz.py").write_text("def f(:\n")
+    with pytest.raises(ConfigError, match="SyntaxError"):
+        load_reward_function("broken_rewards_xyz.py:f")

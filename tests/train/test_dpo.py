@@ -141,3 +141,23 @@ def test_cache_key_changes_with_data_template_and_weights(sft, prefs):
     with torch.no_grad():
         m.weight[0, 0] += 1e-6
     assert weights_fingerprint(m) != before
+
+
+def test_init_never_trained_on_chats_is_warned_not_refused(sft, prefs, tmp_path, capsys):
+    """A pretrained checkpoint has the chat template in its tokenizer but no chat stage in its config.toml:
+    chat_source says so on stderr and goes on (GRPO from a base model is a real use: R1-Zero)."""
+    import shutil
+
+    from banyan.train.dpo import chat_source, chat_trained
+
+    base = sft / "checkpoints" / "step_000002"  # the fixture is a pretrain run
+    assert not chat_trained(base)
+    chat_source(stage_run(DPOConfig, "dpo", base, prefs, "unused"))
+    assert "never trained on chats" in capsys.readouterr().err
+    chat = tmp_path / "chat_ck"
+    shutil.copytree(base, chat)
+    with (chat / "config.toml").open("a") as f:
+        f.write('\n[sft]\ndata = "chats.jsonl"\n')
+    assert chat_trained(chat)
+    chat_source(stage_run(DPOConfig, "dpo", chat, prefs, "unused"))
+    assert "never trained on chats" not in capsys.readouterr().err
