@@ -184,7 +184,7 @@ def bench(cfg: BenchTrainConfig) -> dict:
         "device": torch.cuda.get_device_name(env.device) if cuda else "cpu",
         "world_size": env.world_size, "params": par.raw.num_params(), "tokens_per_step": tokens,
         "ms_per_step": round(ms, 2), "ms_per_step_min": round(min(times) * 1000, 2),
-        "tokens_per_s": round(tps, 1), "mfu": round(par.raw.flops_per_token(T) * tps / peak, 4),
+        "tokens_per_s": round(tps, 1), "mfu": float(f"{par.raw.flops_per_token(T) * tps / peak:.3g}"),
         "peak_flops": peak, "peak_mem_mb": round(peak_memory_mb(env.device), 1),
         "torch": torch.__version__, "threads": torch.get_num_threads(), "config": to_dict(cfg),
     }

@@ -40,7 +40,7 @@ def write_jsonl(path, records):
 def stage_run(cls, section, init, data, out, **kw):
     """A config of `cls` (DPOConfig, RewardConfig) on the tiny init run: 6 steps of 4 pairs."""
     train = {"max_steps": 6, "seq_len": 48, "micro_batch": 4, "eval_every": 3, "eval_batches": 2,
-             "log_every": 1, "sample_every": 0, **kw.pop("train", {})}
+             "log_every": 1, "sample_every": 0, "dtype": "fp32", **kw.pop("train", {})}
     return load_config(cls, overrides={
         "init": str(init), "out": str(out), "train": train, "log": LOG,
         "optim": {"lr": kw.pop("lr", 3e-3), "warmup_steps": 1}, "checkpoint": {"every": 3, "keep_last": 2},
