@@ -144,23 +144,25 @@ def make_actor_critic(kind: str, cfg: NetConfig, obs_dim: int, action_spec, cont
     Continuous: [B, 2A] -> (loc, scale) -> TanhNormal squashed into the action bounds, action [B, A].
     Both write `action_log_prob`; the critic writes `state_value` [B, 1].
     """
-    from tensordict.nn import NormalParamExtractor, TensorDictModule
-    from torchrl.modules import OneHotCategorical, ProbabilisticActor, TanhNormal, ValueOperator
+    from tensordict.nn import NormalParamExtractor
+    from torchrl.modules import OneHotCategorical, ProbabilisticActor, TanhNormal
+
+    from banyan.rl.modules import DirectModule, DirectValueOperator
 
     n_act = action_spec.shape[-1]
     if continuous:
         net = nn.Sequential(build_net(kind, obs_dim, 2 * n_act, cfg, head_std=0.01),
                             NormalParamExtractor(scale_mapping="biased_softplus_1.0"))
-        module = TensorDictModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
+        module = DirectModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
         low, high = action_spec.space.low, action_spec.space.high
         actor = ProbabilisticActor(module, in_keys=["loc", "scale"], spec=action_spec, distribution_class=TanhNormal,
                                    distribution_kwargs={"low": low, "high": high}, return_log_prob=True)
     else:
-        module = TensorDictModule(build_net(kind, obs_dim, n_act, cfg, head_std=0.01),
+        module = DirectModule(build_net(kind, obs_dim, n_act, cfg, head_std=0.01),
                                   in_keys=["observation"], out_keys=["logits"])
         actor = ProbabilisticActor(module, in_keys=["logits"], spec=action_spec,
                                    distribution_class=OneHotCategorical, return_log_prob=True)
-    critic = ValueOperator(build_net(kind, obs_dim, 1, cfg, head_std=1.0), in_keys=["observation"])
+    critic = DirectValueOperator(build_net(kind, obs_dim, 1, cfg, head_std=1.0), in_keys=["observation"])
     return actor, critic
 
 

@@ -84,31 +84,52 @@ _STATS = (("loss_objective", "loss_objective"), ("loss_critic", "loss_critic"), 
           ("entropy", "entropy"), ("kl", "kl_approx"))
 
 
+def _loss_inputs(loss_fn, data):
+    """`data` [N] reduced to the entries ClipPPOLoss reads when advantages are given: the actor's and the
+    critic's inputs, action, its log-prob, advantage and value target. Its forward starts with a
+    (shallow) clone of the whole tensordict; a Collector-layout batch has ~14 entries, this ~5."""
+    k = loss_fn.tensor_keys
+    keys = {*loss_fn.actor_network.in_keys, *loss_fn.critic_network.in_keys, k.action, k.sample_log_prob,
+            k.advantage, k.value_target}
+    return data.select(*(key for key in keys if key in data.keys(True)))
+
+
 def update(cfg, loss_fn, optim, data, step: int) -> dict[str, float]:
     """`epochs` passes of ClipPPOLoss over `data` [N] in shuffled minibatches; returns the mean stats.
 
     When one minibatch holds the whole batch (the CartPole recipe: 256 of 256) the shuffle is skipped:
-    every term of the loss is a mean over the minibatch (advantages normalised over it too), so the
-    order changes nothing. Stats stay tensors until the end (one conversion per batch, not per step)."""
+    every term of the loss is a mean over the minibatch, so the order changes nothing; and the
+    advantages are normalised once, with the loss's own rule, instead of identically on every one of
+    the `epochs` steps. Stats stay tensors until the end (one conversion per batch, not per step)."""
     p = cfg.ppo
     params = list(loss_fn.parameters())
     stats: dict[str, list] = {k: [] for k, _ in _STATS}
-    for _ in range(p.epochs):
-        parts = [data] if p.minibatch >= data.numel() else [data[i] for i in torch.randperm(data.numel()).split(p.minibatch)]
-        for mb in parts:
-            out = loss_fn(mb)
-            loss = out["loss_objective"] + out["loss_critic"]
-            if "loss_entropy" in out.keys():
-                loss = loss + out["loss_entropy"]
-            check_loss(loss, cfg.env, step, "PPO loss")
-            optim.zero_grad(set_to_none=True)
-            loss.backward()
-            if p.max_grad_norm > 0:
-                torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm, foreach=True)
-            optim.step()
-            for k, key in _STATS:
-                if key in out.keys():
-                    stats[k].append(out[key].detach())
+    data = _loss_inputs(loss_fn, data)
+    whole = p.minibatch >= data.numel()
+    normalize = loss_fn.normalize_advantage
+    if whole and normalize and data.numel() > 1:
+        adv_key = loss_fn.tensor_keys.advantage
+        data.set(adv_key, loss_fn._standardize_advantage(data.get(adv_key), data))
+        loss_fn.normalize_advantage = False
+    try:
+        for _ in range(p.epochs):
+            parts = [data] if whole else [data[i] for i in torch.randperm(data.numel()).split(p.minibatch)]
+            for mb in parts:
+                out = loss_fn(mb)
+                loss = out["loss_objective"] + out["loss_critic"]
+                if "loss_entropy" in out.keys():
+                    loss = loss + out["loss_entropy"]
+                check_loss(loss, cfg.env, step, "PPO loss")
+                optim.zero_grad(set_to_none=True)
+                loss.backward()
+                if p.max_grad_norm > 0:
+                    torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm, foreach=True)
+                optim.step()
+                for k, key in _STATS:
+                    if key in out.keys():
+                        stats[k].append(out[key].detach())
+    finally:
+        loss_fn.normalize_advantage = normalize
     return {k: float(torch.stack(v).mean()) if v else 0.0 for k, v in stats.items()}
 
 
