@@ -1,9 +1,10 @@
 """What every algorithm's training loop shares: evaluation episodes, checkpoints, metrics, the summary.
 
 An algorithm (ppo.py, dqn.py) builds its networks and collector, then calls `run.after_batch(step,
-metrics)` once per collected batch; `Run` decides when to evaluate (every `eval_every` env steps, and at
-the end), when to checkpoint, and keeps the clock: samples/s counts training time only (collection +
-updates), not the evaluation episodes.
+metrics)` once per collected batch; `Run` decides when to evaluate (every `eval_every` env steps,
+`eval_backoff` times less often once an evaluation has solved the env, and at the end), when to
+checkpoint, and keeps the clock: samples/s counts training time only (collection + updates), not the
+evaluation episodes.
 """
 
 from __future__ import annotations
@@ -90,8 +91,11 @@ class Run:
         done = step >= self.cfg.steps
         if step >= self.next_eval or done:
             self.evaluate(step)
+            interval = self.cfg.eval_every if self.cfg.eval_every > 0 else self.cfg.steps
+            if self.steps_to_solve is not None:  # solved: the curve needs fewer points (each can be 500 steps x K)
+                interval *= max(1, self.cfg.eval_backoff)
             while self.next_eval <= step:
-                self.next_eval += self.cfg.eval_every if self.cfg.eval_every > 0 else self.cfg.steps
+                self.next_eval += interval
         if step >= self.next_ckpt and not done:
             self.checkpoint(step)
             while self.next_ckpt <= step:

@@ -59,6 +59,10 @@ class RLConfig:
     """Output folder."""
     eval_every: int = 2048
     """Run evaluation episodes every this many env steps (0: only at the end)."""
+    eval_backoff: int = 4
+    """Once an evaluation has reached the env's reward threshold, evaluate every eval_backoff x eval_every
+    env steps (1: keep eval_every). Steps to solve are found as before (the first evaluation at or above
+    the threshold); later ones only extend the curve, and the final evaluation always runs."""
     eval_episodes: int = 10
     """Greedy episodes per evaluation (run side by side)."""
     eval_max_steps: int = 0
@@ -83,7 +87,8 @@ class RLConfig:
 
     # allowed values, checked when flags are parsed (banyan.configlib.check_ranges) and in validate()
     ranges = {
-        "steps": (1, None), "envs": (1, None), "eval_every": (0, None), "eval_episodes": (1, None),
+        "steps": (1, None), "envs": (1, None), "eval_every": (0, None), "eval_backoff": (1, None),
+        "eval_episodes": (1, None),
         "eval_max_steps": (0, None), "checkpoint_every": (0, None), "keep_checkpoints": (0, None),
         "threads": (1, None), "net.history": (1, None),
         "ppo.lr": (0.0, None), "ppo.rollout_steps": (1, None), "ppo.minibatch": (1, None), "ppo.epochs": (1, None),
@@ -133,7 +138,8 @@ def _train(cfg: RLConfig, info, obs_space, kind: str, out: Path) -> dict:
     # Evaluation uses its own envs and seeds so it never disturbs the training episodes.
     if cfg.algo == "ppo" and kind == "discrete" and cfg.backend == "vector":
         # PPO's fast path: plain Gymnasium envs, one TensorDict per batch (banyan.rl.rollout)
-        env = VecEnv(info, cfg.envs, cfg.seed, history)
+        env = (NativeVecEnv(info, cfg.envs, cfg.seed, role="training") if NativeVecEnv.available(info, history, True)
+               else VecEnv(info, cfg.envs, cfg.seed, history))
         eval_env = (NativeVecEnv(info, cfg.eval_episodes, cfg.seed + 10_000) if NativeVecEnv.available(info, history)
                     else VecEnv(info, cfg.eval_episodes, cfg.seed + 10_000, history, role="evaluation"))
     else:
