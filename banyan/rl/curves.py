@@ -27,12 +27,13 @@ def plot_curves(curves: dict[str, list[tuple[np.ndarray, np.ndarray]]], path: st
     curves: label -> [(steps, returns), ...] one pair per seed. Seeds are interpolated onto the union of
     their steps (each run evaluates at the same interval, so this is usually exact).
     """
-    import matplotlib
+    # A bare Figure on the Agg canvas, not pyplot: pyplot's import alone is ~0.2 s of a ~10 s `rl train`.
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    fig = Figure(figsize=(6.4, 4.0))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
     for label, runs in curves.items():
         runs = [(s, r) for s, r in runs if len(s)]
         if not runs:

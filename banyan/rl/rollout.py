@@ -185,39 +185,38 @@ class Rollout:
     def collect(self, steps: int):
         """Returns (TensorDict [K, steps] in the layout of a TorchRL Collector batch, finished returns).
 
-        Per step: one network call on the current input, an inverse-CDF sample of the categorical
-        (a = #{j : cdf_j < u}, u drawn for the whole batch at once: 2x cheaper than torch.multinomial
-        on [8, 2]), its log-prob, one env step; inputs land in one preallocated numpy buffer."""
+        Per step only what the next env step needs: one network call on the current input and a
+        Gumbel-max sample of the categorical, argmax(logits + g) with g = -log(Exp(1)) drawn for the whole
+        batch at once (exact, and 2 tensor ops instead of softmax + multinomial). The log-probs of the taken
+        actions are computed once per batch from the stacked logits."""
         from tensordict import TensorDict
 
         venv, k, n, finished = self.venv, self.venv.k, self.n, []
         shape = venv.current().shape[1:]  # [D] or [T, D]
         obs, nxt = np.empty((steps, k, *shape), np.float32), np.empty((steps, k, *shape), np.float32)
         rew, term, trunc = (np.zeros((steps, k), dt) for dt in (np.float32, bool, bool))
-        act = torch.empty(steps, k, 1, dtype=torch.int64)
-        logp, logits_all = torch.empty(steps, k), torch.empty(steps, k, n)
-        u = torch.rand(steps, k, 1)
+        gumbel = torch.empty(steps, k, n).exponential_().log_().neg_()  # [steps, K, n]
+        logits_all, act = [], []
         for t in range(steps):
             obs[t] = venv.current()
             logits = self.net(torch.from_numpy(obs[t]))  # [K, n]
-            logits_all[t] = logits
-            a = (logits.softmax(-1).cumsum(-1) < u[t]).sum(-1, keepdim=True).clamp_max_(n - 1)  # [K, 1]
-            act[t] = a
-            logp[t] = logits.log_softmax(-1).gather(-1, a).squeeze(-1)
-            nxt[t], rew[t], term[t], trunc[t] = venv.step(a.squeeze(-1).numpy())
+            a = (logits + gumbel[t]).argmax(-1)  # [K]
+            logits_all.append(logits), act.append(a)
+            nxt[t], rew[t], term[t], trunc[t] = venv.step(a.numpy())
             self.running += rew[t]
             done_t = term[t] | trunc[t]
             if done_t.any():
                 finished += self.running[done_t].tolist()
                 self.running[done_t] = 0.0
         # [steps, K, ...] -> [K, steps, ...]
-        tk = lambda x: x.transpose(0, 1).contiguous()  # noqa: E731
+        logits, a = torch.stack(logits_all, 1), torch.stack(act, 1)  # [K, steps, n], [K, steps]
+        tk = lambda x: torch.from_numpy(x).transpose(0, 1).contiguous()  # noqa: E731
         flags = lambda arr: torch.from_numpy(arr.T.copy()).unsqueeze(-1)  # noqa: E731  [K, steps, 1]
         terminated, truncated = flags(term), flags(trunc)
         batch = TensorDict({
-            "observation": tk(torch.from_numpy(obs)), "action": torch.nn.functional.one_hot(tk(act).squeeze(-1), n),
-            "action_log_prob": tk(logp), "logits": tk(logits_all),
-            "next": {"observation": tk(torch.from_numpy(nxt)), "reward": flags(rew), "done": terminated | truncated,
+            "observation": tk(obs), "action": torch.nn.functional.one_hot(a, n),
+            "action_log_prob": logits.log_softmax(-1).gather(-1, a.unsqueeze(-1)).squeeze(-1), "logits": logits,
+            "next": {"observation": tk(nxt), "reward": flags(rew), "done": terminated | truncated,
                      "terminated": terminated, "truncated": truncated},
         }, batch_size=[k, steps])
         return batch, finished
