@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from banyan.logger import MetricsLogger
+from banyan.rl.flat import FlatParams
 from banyan.rl.guards import check_loss, check_weights
 from banyan.rl.loop import Run
 from banyan.rl.policies import count_params, make_actor_critic
@@ -94,15 +95,15 @@ def _loss_inputs(loss_fn, data):
     return data.select(*(key for key in keys if key in data.keys(True)))
 
 
-def update(cfg, loss_fn, optim, data, step: int) -> dict[str, float]:
+def update(cfg, loss_fn, optim, flat, data, step: int) -> dict[str, float]:
     """`epochs` passes of ClipPPOLoss over `data` [N] in shuffled minibatches; returns the mean stats.
 
     When one minibatch holds the whole batch (the CartPole recipe: 256 of 256) the shuffle is skipped:
     every term of the loss is a mean over the minibatch, so the order changes nothing; and the
     advantages are normalised once, with the loss's own rule, instead of identically on every one of
-    the `epochs` steps. Stats stay tensors until the end (one conversion per batch, not per step)."""
+    the `epochs` steps. Stats stay tensors until the end (one conversion per batch, not per step).
+    `flat` (banyan.rl.flat.FlatParams) holds every parameter and gradient; `optim` steps `flat.param`."""
     p = cfg.ppo
-    params = list(loss_fn.parameters())
     stats: dict[str, list] = {k: [] for k, _ in _STATS}
     data = _loss_inputs(loss_fn, data)
     whole = p.minibatch >= data.numel()
@@ -120,10 +121,10 @@ def update(cfg, loss_fn, optim, data, step: int) -> dict[str, float]:
                 if "loss_entropy" in out.keys():
                     loss = loss + out["loss_entropy"]
                 check_loss(loss, cfg.env, step, "PPO loss")
-                optim.zero_grad(set_to_none=True)
+                flat.zero_grad()
                 loss.backward()
                 if p.max_grad_norm > 0:
-                    torch.nn.utils.clip_grad_norm_(params, p.max_grad_norm, foreach=True)
+                    flat.clip_grad_norm_(p.max_grad_norm)
                 optim.step()
                 for k, key in _STATS:
                     if key in out.keys():
@@ -188,8 +189,10 @@ def train(cfg, env, eval_env, obs_dim: int, continuous: bool, threshold: float |
     actor, critic, batches, eval_policy = _build(cfg, env, obs_dim, continuous)
     gae = make_gae(p, critic)
     loss_fn = make_loss(p, actor, critic)
-    # fused: one kernel for all parameters instead of ~10 ops per tensor (12 tensors, ~4k steps a run)
-    optim = torch.optim.Adam(loss_fn.parameters(), lr=p.lr, eps=1e-5, fused=True)
+    # all parameters in one buffer (banyan.rl.flat) and fused Adam on it: one kernel per step for the
+    # optimizer, one for zeroing, two for the gradient clipping, whatever the number of tensors
+    flat = FlatParams(loss_fn.parameters())
+    optim = torch.optim.Adam([flat.param], lr=p.lr, eps=1e-5, fused=True)
 
     frames_per_batch = cfg.envs * p.rollout_steps
     iterations = -(-cfg.steps // frames_per_batch)
@@ -201,14 +204,14 @@ def train(cfg, env, eval_env, obs_dim: int, continuous: bool, threshold: float |
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
-        _iterate(cfg, stream, iterations, frames_per_batch, gae, loss_fn, optim, run)
+        _iterate(cfg, stream, iterations, frames_per_batch, gae, loss_fn, optim, flat, run)
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
         stream.close()  # shuts a TorchRL collector down even when training stopped early
     return run.finish(count_params(actor))
 
 
-def _iterate(cfg, stream, iterations: int, frames_per_batch: int, gae, loss_fn, optim, run) -> None:
+def _iterate(cfg, stream, iterations: int, frames_per_batch: int, gae, loss_fn, optim, flat, run) -> None:
     p = cfg.ppo
     for it, (batch, finished) in enumerate(stream):  # batch: [envs, rollout_steps]
         frac = 1.0 - it / iterations  # linear annealing factor, 1 -> 1/iterations
@@ -220,7 +223,7 @@ def _iterate(cfg, stream, iterations: int, frames_per_batch: int, gae, loss_fn, 
         with torch.no_grad():
             gae(batch)  # adds advantage, value_target, state_value
         step = (it + 1) * frames_per_batch
-        stats = update(cfg, loss_fn, optim, batch.reshape(-1), step)
+        stats = update(cfg, loss_fn, optim, flat, batch.reshape(-1), step)
         check_weights(run.modules, cfg.env, step)
         if run.after_batch(step, finished, lr=optim.param_groups[0]["lr"], **stats):
             break
