@@ -74,3 +74,34 @@ def test_match_params_gives_same_budget():
     mlp = count_params(build_net("mlp", D, 2, cfg))
     assert abs(mlp - tr) / tr < 0.02, (mlp, tr)
     assert count_params(build_net("mlp", D, 2, NetConfig())) != mlp  # the default MLP is smaller
+
+
+def test_direct_modules_match_torchrl_modules_and_fall_back_for_other_calls():
+    from tensordict.nn import TensorDictModule, set_skip_existing
+    from torchrl.modules import ValueOperator
+
+    from banyan.rl.modules import DirectModule, DirectValueOperator
+
+    net = build_net("mlp", D, 3, NetConfig())
+    obs = torch.randn(B, D)
+    for direct, ref in ((DirectModule(net, in_keys=["observation"], out_keys=["logits"]),
+                         TensorDictModule(net, in_keys=["observation"], out_keys=["logits"])),
+                        (DirectValueOperator(net, in_keys=["observation"]), ValueOperator(net, in_keys=["observation"]))):
+        td = TensorDict({"observation": obs}, batch_size=[B])
+        out = direct(td)
+        key = ref.out_keys[0]
+        assert out is td and torch.equal(out[key], ref(TensorDict({"observation": obs}, batch_size=[B]))[key])
+        # keyword call and skip_existing take TorchRL's own path
+        assert torch.equal(direct(observation=obs), out[key])  # dispatch: tensors in, tensors out
+        marker = torch.zeros(B, 3)
+        kept = TensorDict({"observation": obs, key: marker}, batch_size=[B])
+        with set_skip_existing(True):
+            assert direct(kept)[key] is marker
+
+
+def test_mlp_forward_is_the_layer_stack():
+    net = build_net("mlp", D, 3, NetConfig(hidden=16, layers=3))
+    x = torch.randn(B, D)
+    torch.testing.assert_close(net(x), net.head(net.body(x)), rtol=0, atol=0)
+    assert [k for k, _ in net.named_parameters()] == ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias",
+                                                      "body.4.weight", "body.4.bias", "head.weight", "head.bias"]

@@ -101,3 +101,51 @@ def test_native_vector_evaluation_matches_the_per_env_loop():
         returns, unfinished = evaluate_greedy(env, _Balance(), max_steps=501)
         assert unfinished == 0 and np.all(returns == 500.0), (type(env).__name__, returns)  # the 500-step limit
         env.close()
+
+
+def test_native_training_env_keeps_the_last_observation_and_resets_within_the_step():
+    from banyan.rl.rollout import NativeVecEnv
+
+    info = resolve_env("CartPole-v1")
+    assert NativeVecEnv.available(info, 1, training=True)
+    venv = NativeVecEnv(info, 3, seed=1, role="training")
+    right = np.ones(3, dtype=np.int64)  # falls over within ~10 steps, never truncated
+    ended = np.zeros(3, bool)
+    for _ in range(60):
+        nxt, r, term, trunc = venv.step(right)
+        assert np.all(r == 1.0) and not trunc.any()  # never the next-step auto-reset's reward-0 non-step
+        if term.any():
+            assert np.all(np.abs(nxt[term, 2]) > 0.2)  # the true last state: pole past the 12-degree limit
+            assert np.all(np.abs(venv.current()[term]) <= 0.05)  # the fresh episode, before the next step
+            ended |= term
+    assert ended.all() and venv.steps == 3 * 60
+    # a balancing controller is truncated at CartPole-v1's 500 steps: the step counters were reset too
+    lengths, t = np.zeros(3), np.zeros(3)
+    for _ in range(1100):
+        _, r, term, trunc = venv.step(_Balance()(torch.from_numpy(venv.current())).argmax(-1).numpy())
+        t += 1
+        assert not term.any()
+        lengths[trunc], t[trunc] = t[trunc], 0
+    assert np.all(lengths == 500)
+    venv.close()
+
+
+def test_rollout_on_the_native_env_fills_a_collector_layout_batch():
+    from banyan.rl.rollout import NativeVecEnv
+
+    actor, _ = _nets()
+    venv = NativeVecEnv(resolve_env("CartPole-v1"), 4, seed=2, role="training")
+    torch.manual_seed(3)
+    batch, finished = Rollout(venv, actor.module[0].module, 2).collect(50)
+    assert batch.batch_size == torch.Size([4, 50]) and venv.steps == 200
+    assert batch["next", "done"].sum() == len(finished) > 0
+    # next observation of step t is the observation of step t + 1 except where an episode ended
+    same = (batch["next", "observation"][:, :-1] == batch["observation"][:, 1:]).all(-1)
+    assert torch.equal(same, ~batch["next", "done"][:, :-1].squeeze(-1))
+    with torch.no_grad():
+        dist = actor.get_dist(batch.select("observation").clone())
+        torch.testing.assert_close(dist.log_prob(batch["action"]), batch["action_log_prob"])
+    torch.manual_seed(3)
+    again, _ = Rollout(NativeVecEnv(resolve_env("CartPole-v1"), 4, seed=2, role="training"),
+                       actor.module[0].module, 2).collect(50)
+    assert torch.equal(again["action"], batch["action"])  # deterministic per seed

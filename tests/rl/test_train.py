@@ -8,6 +8,7 @@ within 50k steps on 4 of 5 seeds) is `banyan bench rl`.
 import json
 
 import pytest
+import torch
 
 from safetensors.torch import load_file
 
@@ -86,3 +87,26 @@ def test_parallel_backend_matches_serial(tmp_path):
     # Same seeds, same sub-env order: TorchRL's ParallelEnv (spawned workers) must reproduce SerialEnv.
     a, b = _backend_run(tmp_path, "serial"), _backend_run(tmp_path, "parallel")
     assert a["final_return_mean"] == b["final_return_mean"]
+
+
+def test_evaluation_backs_off_once_solved_and_always_runs_at_the_end(tmp_path):
+    from banyan.rl.loop import Run
+
+    class Scripted(Run):  # "solves" at the evaluation at step >= 1536; records when it was asked
+        def evaluate(self, step):
+            self.asked.append(step)
+            if self.steps_to_solve is None and step >= 1536:
+                self.steps_to_solve = step
+            return 0.0
+
+    def steps(backoff):
+        cfg = RLConfig(steps=8192, eval_every=512, eval_backoff=backoff, out=str(tmp_path))
+        run = Scripted(cfg, tmp_path, None, None, {}, 475.0, logger=type("L", (), {"log": lambda self, row: None})())
+        run.asked = []
+        for step in range(256, 8192 + 1, 256):
+            run.after_batch(step, torch.zeros(0))
+        return run.asked, run.steps_to_solve
+
+    assert steps(1) == (list(range(512, 8192 + 1, 512)), 1536)
+    # solved at 1536 (found as without back-off), then every 4 x 512 steps, and the final one
+    assert steps(4) == ([512, 1024, 1536, 3584, 5632, 7680, 8192], 1536)
