@@ -7,7 +7,9 @@ Any `BanyanError` (banyan.errors) becomes one clear line on stderr and exit code
 
 from __future__ import annotations
 
+import atexit
 import importlib
+import os
 import sys
 
 from banyan.errors import BanyanError
@@ -39,6 +41,21 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+# Verbs whose outputs are all written and closed when their function returns (metrics, TensorBoard, W&B,
+# checkpoints, summary, run-folder lock). When banyan is the process (the console script or
+# `python -m banyan`), a successful run of one of them exits without the interpreter's teardown, which
+# frees torch, torchrl, Gymnasium and matplotlib object by object: 0.9-1.8 s after a ~12 s `rl train` on
+# the 2-core box (`python -c "import torch"` alone spends ~0.5 s exiting). atexit handlers still run.
+FAST_EXIT = {"rl train", "bench rl"}
+
+
+def _exit_now(rc: int) -> None:
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(rc)
+
+
 def _usage() -> str:
     lines = ["usage: banyan <command> [options]   (each command has --help)", "", "commands:"]
     width = max(len(k) for k in COMMANDS)
@@ -68,6 +85,7 @@ def _resolve(argv: list[str]) -> tuple[str | None, list[str]]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    is_process = argv is None  # called by the console script / python -m banyan, not from Python code
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
@@ -121,7 +139,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"banyan {verb}: error: a sharded checkpoint could not be read ({failure_line(e)}); "
               "it may be damaged: copy it again or use an earlier checkpoint", file=sys.stderr)
         return 2
-    return int(rc or 0)
+    rc = int(rc or 0)
+    if is_process and rc == 0 and verb in FAST_EXIT:
+        _exit_now(rc)
+    return rc
 
 
 if __name__ == "__main__":

@@ -110,3 +110,28 @@ def test_evaluation_backs_off_once_solved_and_always_runs_at_the_end(tmp_path):
     assert steps(1) == (list(range(512, 8192 + 1, 512)), 1536)
     # solved at 1536 (found as without back-off), then every 4 x 512 steps, and the final one
     assert steps(4) == ([512, 1024, 1536, 3584, 5632, 7680, 8192], 1536)
+
+
+def test_rl_train_as_a_process_writes_everything_before_its_fast_exit(tmp_path):
+    # `banyan rl train` as the process skips the interpreter's teardown (banyan.cli.FAST_EXIT): every
+    # output must be complete and stdout flushed by then.
+    import os
+    import subprocess
+    import sys
+
+    out = tmp_path / "proc"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "banyan", "rl", "train", "--steps", "512", "--eval_every", "0",
+                           "--eval_episodes", "2", "--ppo.epochs", "1", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.rstrip().splitlines()[-1].startswith("done: 512 steps")
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["env_steps"] == 512 and len(read_metrics(out / "metrics.jsonl")) == 512 // 256 + 1
+    assert load_file(out / "checkpoints" / "final.safetensors") and (out / "learning_curve.png").stat().st_size > 1000
+    events = list((out / "tb").glob("events.out.tfevents.*"))
+    assert events and events[0].stat().st_size > 100  # TensorBoard flushed and closed
+    # a failing run still exits through the normal path with its one-line error
+    again = subprocess.run([sys.executable, "-m", "banyan", "rl", "train", "--steps", "512", "--out", str(out)],
+                           capture_output=True, text=True, env=env, timeout=300)
+    assert again.returncode == 2 and "already holds a run" in again.stderr
