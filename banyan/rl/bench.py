@@ -3,7 +3,8 @@
     banyan bench rl                       # 5 seeds x 50k steps, one run at a time
     banyan bench rl --seeds 5 --jobs 2    # two runs side by side (per-run samples/s drops accordingly)
 
-"Solved" = the first evaluation (10 greedy episodes, every 2048 env steps) whose mean return is
+"Solved" = the first evaluation (10 greedy episodes, every 2048 env steps; 4x less often once one
+has solved it, `--eval_backoff`, which leaves steps to solve as they were) whose mean return is
 >= 475, CartPole-v1's reward threshold. Prints a table (steps to solve, final return, wall time,
 samples/s per seed: training only, and with the evaluation episodes) and writes OUT/bench_rl.json and
 OUT/learning_curve.png (mean and min-max over seeds). Exit code 0 when at least `need` seeds solve it.
@@ -53,6 +54,8 @@ class BenchRLConfig:
     """Parallel environment copies per run."""
     eval_every: int = 2048
     """Evaluation interval in env steps."""
+    eval_backoff: int = 4
+    """Evaluate this many times less often once a seed has solved the env (1: keep eval_every)."""
     jobs: int = 1
     """Runs side by side (1 keeps samples/s comparable with a single-process baseline)."""
     out: str = "runs/rl/bench"
@@ -77,7 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     cells = []
     for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
         rc = RLConfig(algo="ppo", env=cfg.env, policy=cfg.policy, steps=cfg.steps, seed=seed, envs=cfg.envs,
-                      out=str(Path(cfg.out) / f"seed{seed}"), eval_every=cfg.eval_every, verbose=False,
+                      out=str(Path(cfg.out) / f"seed{seed}"), eval_every=cfg.eval_every,
+                      eval_backoff=cfg.eval_backoff, verbose=False,
                       overwrite=True,  # the benchmark owns its per-seed folders and re-runs them
                       net=dataclasses.replace(cfg.net), ppo=dataclasses.replace(cfg.ppo))
         rc.log.tensorboard = False

@@ -1,4 +1,8 @@
-"""PPO's fast path for discrete actions: K Gymnasium envs stepped in one Python loop on numpy arrays.
+"""PPO's fast path for discrete actions: K Gymnasium envs stepped on numpy arrays, one TensorDict per batch.
+
+`VecEnv` steps K env copies in one Python loop; `NativeVecEnv` steps them in one call of the env's own
+numpy-vectorised implementation (CartPole: Gymnasium's CartPoleVectorEnv), for evaluation and, where
+banyan can reset finished copies within the step (SUBSET_RESET), for training too.
 
 Why not TorchRL's `Collector` here: on CartPole the networks are tiny, so the time per env step is all
 bookkeeping. Measured on the 2-core machine (load ~7, 8 envs, microseconds per vector step): TorchRL
@@ -11,7 +15,8 @@ Semantics kept from the TorchRL env path (banyan.rl.envs.make_env): no auto-rese
 true final observation is `("next", "observation")`, so GAE bootstraps a time-limit truncation from it),
 finished sub-envs are reset before the next step, a history window [K, T, D] repeats the first
 observation at an episode start (as CatFrames), and a non-finite observation or reward stops the run
-with banyan.rl.guards' one-line message, counting env steps over all K copies.
+with banyan.rl.guards' one-line message, counting env steps over all K copies. The two env classes draw
+episode starts differently (K seeded RNGs vs one), so runs on them differ; each is deterministic per seed.
 """
 
 from __future__ import annotations
