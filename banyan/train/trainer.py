@@ -46,10 +46,13 @@ def build_parallel(cfg: RunConfig, env: DistEnv, init: bool = True, build=None):
     The set-up shared by the Trainer, `banyan bench train` and `banyan plan --validate`.
     init=False leaves the weights uninitialised because a checkpoint is loaded next. `build(cfg)`
     (default: build_model(cfg.model) on the meta device) lets a stage wrap the model (Task.build_model)."""
+    from banyan.hardware import keep_host_memory
     from banyan.model import build_model
     from banyan.parallel.wrap import parallelize
     from banyan.train.optim import build_optimizer
 
+    if env.device.type == "cpu":
+        keep_host_memory()  # no page faults for each step's activations (banyan.hardware.keep_host_memory)
     model = build(cfg) if build is not None else build_model(cfg.model, device="meta")
     maybe_apply_lora(model, cfg)  # before parallelize: FSDP shards the adapters with their blocks
     with agree_on_errors(env):
