@@ -8,7 +8,8 @@ input.txt and as banyan jsonl documents (char-level on both sides), then runs, r
 
   nanogpt   train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20
             --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --dropout=0.0 (README CPU line)
-  banyan    banyan pretrain with the same model, batch, optimizer and schedule (one process, torch's threads)
+  banyan    banyan pretrain with the same model, batch, optimizer and schedule (one process, torch's threads,
+            train.dtype auto: bf16 autocast on a CPU with bf16 matrix units; nanoGPT runs fp32 on CPU)
   banyan-2p the same run as 2 processes x 1 thread (--nproc 2, micro-batch 6 per rank: the same 12 rows)
 
 and prints a table: wall seconds per round, ratio nanoGPT/banyan (> 1: banyan is faster), the val loss at
@@ -33,8 +34,11 @@ NANO_ARGS = ["config/train_shakespeare_char.py", "--device=cpu", "--compile=Fals
 CHARS = 1_115_394  # the size of nanoGPT's tinyshakespeare input.txt
 
 
-def banyan_config(data: Path, iters: int) -> str:
-    """nanoGPT's shakespeare_char settings in banyan terms (lr 1e-3 -> 1e-4 cosine, beta2 0.99, clip 1)."""
+def banyan_config(data: Path, iters: int, dtype: str) -> str:
+    """nanoGPT's shakespeare_char settings in banyan terms (lr 1e-3 -> 1e-4 cosine, beta2 0.99, clip 1).
+
+    train.dtype stays banyan's default (auto: bf16 autocast where the CPU has bf16 matrix units, else fp32);
+    nanoGPT on CPU runs fp32 (its dtype setting only applies to CUDA autocast). --banyan_dtype overrides."""
     return f"""[model]
 arch = "gpt2"
 n_layer = 4
@@ -48,7 +52,7 @@ path = "{data}"
 max_steps = {iters}
 seq_len = 64
 micro_batch = 12
-dtype = "fp32"
+dtype = "{dtype}"
 eval_every = 250
 eval_batches = 20
 log_every = 1
@@ -67,7 +71,7 @@ every = 250
 """
 
 
-def prepare(nanogpt: Path, out: Path, iters: int) -> Path:
+def prepare(nanogpt: Path, out: Path, iters: int, dtype: str) -> Path:
     """Copy nanoGPT, write the shared text, run both data preparations; returns banyan's config file."""
     from banyan.data.sources import shakespeare_documents
 
@@ -84,19 +88,21 @@ def prepare(nanogpt: Path, out: Path, iters: int) -> Path:
                     "--out", str(out / "data"), "--val_fraction", "0.1", "--overwrite", "--no_progress"], check=True,
                    capture_output=True)
     cfg = out / "banyan.toml"
-    cfg.write_text(banyan_config(out / "data", iters))
+    cfg.write_text(banyan_config(out / "data", iters, dtype))
     return cfg
 
 
-def run(cmd: list[str], cwd: Path, pattern: str) -> tuple[float, float | None]:
-    """(wall seconds, val loss parsed from the first line matching `pattern`) of one whole process."""
+def run(cmd: list[str], cwd: Path, pattern: str) -> tuple[float, float | None, str]:
+    """(wall seconds, val loss parsed from the first line matching `pattern`, dtype) of one whole process;
+    the dtype is the one banyan's start-up line names (what train.dtype resolved to), fp32 for nanoGPT."""
     t0 = time.perf_counter()
     p = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True)
     wall = time.perf_counter() - t0
     if p.returncode:
         raise SystemExit(f"{' '.join(cmd[:4])} ... failed ({p.returncode}):\n{p.stderr[-2000:]}")
     m = re.search(pattern, p.stdout + p.stderr)
-    return wall, float(m.group(1)) if m else None
+    dtype = re.search(r"device \S+, dtype (\w+)", p.stdout + p.stderr)
+    return wall, float(m.group(1)) if m else None, dtype.group(1) if dtype else "fp32"
 
 
 def main() -> int:
@@ -105,11 +111,13 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--iters", type=int, default=600)
     ap.add_argument("--out", type=Path, default=Path("/tmp/vs-nanogpt"))
+    ap.add_argument("--banyan_dtype", default="auto", choices=["auto", "fp32", "bf16"],
+                    help="banyan's train.dtype (default: its own default, auto)")
     a = ap.parse_args()
     if not (a.nanogpt / "train.py").is_file() or not (a.nanogpt / "config/train_shakespeare_char.py").is_file():
         raise SystemExit(f"{a.nanogpt}: not a nanoGPT checkout (needs train.py and config/train_shakespeare_char.py)")
     a.out.mkdir(parents=True, exist_ok=True)
-    cfg = prepare(a.nanogpt, a.out, a.iters)
+    cfg = prepare(a.nanogpt, a.out, a.iters, a.banyan_dtype)
     nano_cmd = [sys.executable, "train.py", *NANO_ARGS, f"--max_iters={a.iters}", f"--lr_decay_iters={a.iters}",
                 f"--out_dir={a.out / 'nano_out'}"]
     ours = [sys.executable, "-m", "banyan", "pretrain", "--config", str(cfg), "--log.no_progress", "--log.no_plots",
@@ -127,18 +135,20 @@ def main() -> int:
             if run_dir is not None:
                 shutil.rmtree(run_dir, ignore_errors=True)
             row[name] = run(cmd, cwd, pat)
-            print(f"round {r}: {name:<9} {row[name][0]:7.1f} s  val loss@500 {row[name][1]}", flush=True)
+            print(f"round {r}: {name:<9} {row[name][0]:7.1f} s  val loss@500 {row[name][1]}  dtype {row[name][2]}",
+                  flush=True)
         rows.append(row)
-    result = {"iters": a.iters, "rounds": [{k: {"wall_s": round(w, 2), "val_loss_500": v} for k, (w, v) in row.items()}
-                                           for row in rows]}
-    print(f"\n{'side':<10} {'wall s (median)':>16} {'nanoGPT/side':>13} {'spread':>15} {'val loss@500':>13}")
+    result = {"iters": a.iters, "rounds": [{k: {"wall_s": round(w, 2), "val_loss_500": v, "dtype": d}
+                                            for k, (w, v, d) in row.items()} for row in rows]}
+    print(f"\n{'side':<10} {'wall s (median)':>16} {'nanoGPT/side':>13} {'spread':>15} {'val loss@500':>13} dtype")
     for name in sides:
         ratios = [row["nanogpt"][0] / row[name][0] for row in rows]
         walls = [row[name][0] for row in rows]
-        result[name] = {"wall_s_median": round(statistics.median(walls), 2), "ratio_median": round(
-            statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3), "ratio_max": round(max(ratios), 3)}
+        result[name] = {"dtype": rows[-1][name][2], "wall_s_median": round(statistics.median(walls), 2),
+                        "ratio_median": round(statistics.median(ratios), 3), "ratio_min": round(min(ratios), 3),
+                        "ratio_max": round(max(ratios), 3)}
         print(f"{name:<10} {statistics.median(walls):>16.1f} {statistics.median(ratios):>13.2f} "
-              f"{min(ratios):>7.2f}-{max(ratios):<7.2f} {rows[-1][name][1]!s:>13}")
+              f"{min(ratios):>7.2f}-{max(ratios):<7.2f} {rows[-1][name][1]!s:>13} {rows[-1][name][2]}")
     (a.out / "compare.json").write_text(json.dumps(result, indent=1) + "\n")
     return 0
 
