@@ -1,4 +1,4 @@
-"""CPU bf16/fp16 training runs SDPA in fp32 where that is faster (banyan.model.common.fp32_attention_pays)."""
+"""CPU bf16/fp16 autocast runs SDPA in fp32 where that is faster (banyan.model.common.fp32_attention_pays)."""
 
 import pytest
 import torch
@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from banyan.model.common import causal_attention, fp32_attention_pays
 
 
-def _qkv(T: int, hd: int, dtype=torch.bfloat16, grad: bool = True, kv_heads: int = 2):
+def _qkv(T: int, hd: int, dtype=torch.bfloat16, kv_heads: int = 2, grad: bool = True):
     g = torch.Generator().manual_seed(0)
     q = torch.randn(2, 4, T, hd, generator=g).to(dtype).requires_grad_(grad)
     k = torch.randn(2, kv_heads, T, hd, generator=g).to(dtype).requires_grad_(grad)
@@ -15,25 +15,30 @@ def _qkv(T: int, hd: int, dtype=torch.bfloat16, grad: bool = True, kv_heads: int
     return q, k, v
 
 
-@pytest.mark.parametrize("T,hd,dtype,grad,expected", [
-    (64, 32, torch.bfloat16, True, True),     # nanoGPT's CPU shape: the kernel's 32-row blocks
-    (128, 64, torch.bfloat16, True, True),    # the shakespeare preset
-    (256, 32, torch.bfloat16, True, True),    # 64-row blocks, head_dim 32
-    (256, 64, torch.bfloat16, True, False),   # bf16's own kernel is as fast from here on
-    (1024, 32, torch.bfloat16, True, False),  # 256-row blocks
-    (1024, 64, torch.float16, True, True),    # fp16 loses at every shape measured
-    (64, 32, torch.bfloat16, False, False),   # no backward: the bf16 forward is the faster one
-    (64, 32, torch.float32, True, False),     # already fp32
+@pytest.mark.parametrize("T,hd,dtype,expected", [
+    (64, 32, torch.bfloat16, True),     # nanoGPT's CPU shape: the kernel's 32-row blocks
+    (128, 64, torch.bfloat16, True),    # the shakespeare preset
+    (256, 32, torch.bfloat16, True),    # 64-row blocks, head_dim 32
+    (256, 64, torch.bfloat16, False),   # bf16's own kernel is as fast from here on
+    (1024, 32, torch.bfloat16, False),  # 256-row blocks
+    (1024, 64, torch.float16, True),    # fp16 loses at every shape measured
+    (64, 32, torch.float32, False),     # already fp32
 ])
-def test_fp32_attention_pays_by_shape_dtype_and_grad(T, hd, dtype, grad, expected):
-    q, k, _ = _qkv(T, hd, dtype, grad)
-    assert fp32_attention_pays(q, k) is expected
+def test_fp32_attention_pays_by_shape_and_dtype(T, hd, dtype, expected):
+    q, _, _ = _qkv(T, hd, dtype)
+    assert fp32_attention_pays(q) is expected
 
 
-def test_no_grad_mode_keeps_the_reduced_dtype():
-    q, k, _ = _qkv(64, 32)
-    with torch.no_grad():
-        assert not fp32_attention_pays(q, k)
+def test_grad_mode_does_not_change_the_result():
+    """A reference or rollout forward (no grad) must give the trained forward's numbers bit for bit
+    (DPO starts at exactly ln 2, GRPO's ratio at exactly 1)."""
+    q, k, v = _qkv(64, 32)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        with_grad = causal_attention(q, k, v)
+        with torch.no_grad():
+            assert fp32_attention_pays(q.detach())
+            without = causal_attention(q, k, v)
+    assert torch.equal(with_grad.detach(), without)
 
 
 def test_sdpa_runs_in_fp32_under_cpu_autocast_and_returns_bf16(monkeypatch):
@@ -52,9 +57,10 @@ def test_sdpa_runs_in_fp32_under_cpu_autocast_and_returns_bf16(monkeypatch):
         out = causal_attention(q, k, v)
     assert seen == [(torch.float32, torch.float32)]
     assert out.dtype == torch.bfloat16
-    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+    q, k, v = _qkv(256, 64)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
         causal_attention(q, k, v)
-    assert seen[-1] == (torch.bfloat16, torch.bfloat16)  # inference keeps bf16
+    assert seen[-1] == (torch.bfloat16, torch.bfloat16)  # where bf16's kernel is as fast, it stays bf16
 
 
 @pytest.mark.parametrize("doc_ids", [False, True])
