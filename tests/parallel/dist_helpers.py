@@ -17,8 +17,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 STEPS = 10
+# fp32 pinned: the parity checks are exact (1e-5), and `auto` would be bf16 on a CPU with AMX/AVX512-BF16
 TRAIN = {"max_steps": STEPS, "seq_len": 32, "eval_every": 5, "eval_batches": 2, "log_every": 1,
-         "sample_every": 0, "device": "cpu"}
+         "sample_every": 0, "device": "cpu", "dtype": "fp32"}
 ACCUM_TOKENS = 2 * 4 * 32  # two micro-steps of 4 sequences x 32 tokens per optimizer step
 LORA = {"rank": 4, "alpha": 8.0}  # seeded base: no --init, so the reference is the same seed on one process
 MODEL = {"arch": "llama", "n_layer": 2, "n_head": 2, "n_kv_head": 1, "d_model": 32, "max_seq_len": 64}
