@@ -98,14 +98,16 @@ def publish_demo(run: Path, data: Path, quick: bool) -> None:
 def fit_steps(cfg: RunConfig, seconds: float) -> tuple[int, int]:
     """(pretraining steps, SFT steps) that fit `seconds` on this machine: 2/3 pretraining, 1/3 SFT.
 
-    Measured with `banyan bench train`'s own step (2 timed steps after 1 warm-up) because CPUs differ
-    by 2-3x (bf16 units or not, core speed); at most the preset's 600 pretraining and 200 SFT steps."""
+    Measured with `banyan bench train`'s own step (3 timed steps after 2 warm-ups: the first two steps
+    still grow the heap: ~75k and ~20k page faults, up to 2x a settled step at the preset) because
+    CPUs differ by 2-3x (bf16 units or not, core speed); at most the preset's 600 pretraining and 200 SFT
+    steps."""
     import dataclasses
 
     from banyan.train.bench import BenchTrainConfig, bench
 
     probe = BenchTrainConfig(**{f.name: copy.deepcopy(getattr(cfg, f.name)) for f in dataclasses.fields(RunConfig)},
-                             warmup=1, steps=2)
+                             warmup=2, steps=3)
     probe.model.vocab_size = 4096  # the demo's BPE vocabulary
     step_s = bench(probe)["ms_per_step"] / 1000
     pre = max(100, min(cfg.train.max_steps, int(seconds * 2 / 3 / step_s) // 50 * 50))

@@ -7,6 +7,7 @@ banyan's tokens/s over the peer's per round (median and spread):
 
     banyan bench train --preset gpt2-124m --optim.name adamw --compare hf --rounds 5
     banyan bench train --profile 15        # + the top operators by self time, ms per step
+    OMP_NUM_THREADS=1 banyan bench train --clock cpu   # CPU time per step: on a machine other jobs share
 
 """
 
@@ -44,6 +45,9 @@ class BenchTrainConfig(RunConfig):
     """--compare: interleaved rounds (banyan's steps, then the peer's); the ratio's spread is over rounds."""
     json_out: str = ""
     """Also write the JSON result to this file."""
+    clock: Literal["wall", "cpu"] = "wall"
+    """Step timer: wall (perf_counter) or cpu (this process's CPU time, all its threads: steadier than wall
+    time on a machine other jobs share, best with OMP_NUM_THREADS=1; CPU devices only)."""
     profile: int = 0
     """Also run torch.profiler over the timed steps and report this many top operators by self time
     (ms per step, share of the step) under "profile", plus a table on stderr: where the time goes."""
@@ -52,15 +56,15 @@ class BenchTrainConfig(RunConfig):
               "profile": (0, None)}  # checked by parse_cli
 
 
-def timed(step, n: int, cuda: bool) -> list[float]:
-    """Seconds of each of n calls of `step` (synchronised on CUDA)."""
+def timed(step, n: int, cuda: bool, clock=time.perf_counter) -> list[float]:
+    """Seconds of each of n calls of `step` (synchronised on CUDA) by `clock`."""
     times = []
     for _ in range(n):
-        t0 = time.perf_counter()
+        t0 = clock()
         step()
         if cuda:
             torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
+        times.append(clock() - t0)
     return times
 
 
@@ -125,15 +129,15 @@ def hf_step(mc, cfg: BenchTrainConfig, dev: torch.device):
     return step, transformers.__version__
 
 
-def compare_hf(cfg: BenchTrainConfig, ours, dev: torch.device, tokens: int) -> dict:
+def compare_hf(cfg: BenchTrainConfig, ours, dev: torch.device, tokens: int, clock=time.perf_counter) -> dict:
     """Interleaved rounds of banyan's step and HF's: {hf: ..., ratio per round, median, spread}."""
     theirs, version = hf_step(cfg.model, cfg, dev)
     cuda = dev.type == "cuda"
     timed(theirs, cfg.warmup, cuda)
     rounds = []
     for _ in range(cfg.rounds):
-        mine_ms = statistics.median(timed(ours, cfg.steps, cuda)) * 1e3
-        hf_ms = statistics.median(timed(theirs, cfg.steps, cuda)) * 1e3
+        mine_ms = statistics.median(timed(ours, cfg.steps, cuda, clock)) * 1e3
+        hf_ms = statistics.median(timed(theirs, cfg.steps, cuda, clock)) * 1e3
         rounds.append({"banyan_ms": round(mine_ms, 2), "hf_ms": round(hf_ms, 2), "ratio": round(hf_ms / mine_ms, 3)})
     ratios = [r["ratio"] for r in rounds]
     hf_ms = statistics.median(r["hf_ms"] for r in rounds)
@@ -171,10 +175,11 @@ def bench(cfg: BenchTrainConfig) -> dict:
         return train_step(par.model, opt, batches, loss_fn, labelled_count, cfg.train.grad_clip, autocast, par.no_sync)
 
     cuda = env.device.type == "cuda"
+    clock = time.process_time if cfg.clock == "cpu" and not cuda else time.perf_counter
     timed(one_step, cfg.warmup, cuda)
     if cuda:
         torch.cuda.reset_peak_memory_stats()
-    times = timed(one_step, cfg.steps, cuda)
+    times = timed(one_step, cfg.steps, cuda, clock)
     tokens = n_micro * B * T * env.world_size
     ms = statistics.median(times) * 1000
     tps = tokens / (ms / 1000)
@@ -191,7 +196,7 @@ def bench(cfg: BenchTrainConfig) -> dict:
     if cfg.profile:
         result["profile"] = profile_ops(one_step, cfg.steps, cfg.profile, cuda)
     if cfg.compare == "hf":
-        result["compare"] = compare_hf(cfg, one_step, env.device, tokens)
+        result["compare"] = compare_hf(cfg, one_step, env.device, tokens, clock)
     env.close()
     return result
 

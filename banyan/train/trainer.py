@@ -36,7 +36,7 @@ from banyan.train.metrics import peak_flops_for, peak_memory_mb
 from banyan.train.init_from import apply_init_model
 from banyan.train.lora_run import base_pointer, init_adapters, maybe_apply_lora, run_base
 from banyan.train.schedule import lr_factor, set_lr
-from banyan.train.step import StepResult, autocast_for, train_step
+from banyan.train.step import StepResult, autocast_for, resolve_dtype, train_step
 from banyan.train.task import Task
 
 
@@ -46,10 +46,13 @@ def build_parallel(cfg: RunConfig, env: DistEnv, init: bool = True, build=None):
     The set-up shared by the Trainer, `banyan bench train` and `banyan plan --validate`.
     init=False leaves the weights uninitialised because a checkpoint is loaded next. `build(cfg)`
     (default: build_model(cfg.model) on the meta device) lets a stage wrap the model (Task.build_model)."""
+    from banyan.hardware import keep_host_memory
     from banyan.model import build_model
     from banyan.parallel.wrap import parallelize
     from banyan.train.optim import build_optimizer
 
+    if env.device.type == "cpu":
+        keep_host_memory()  # no page faults for each step's activations (banyan.hardware.keep_host_memory)
     model = build(cfg) if build is not None else build_model(cfg.model, device="meta")
     maybe_apply_lora(model, cfg)  # before parallelize: FSDP shards the adapters with their blocks
     with agree_on_errors(env):
@@ -175,7 +178,7 @@ class Trainer:
         if env.is_main:
             print(f"banyan {self.stage}: {cfg.model.arch} {self.par.raw.num_params() / 1e6:.2f}M params, "
                   f"{self.n_micro} micro-steps x {cfg.train.micro_batch} x {env.world_size} ranks per step, "
-                  f"{self.par.notes[0]}, device {env.device}"
+                  f"{self.par.notes[0]}, device {env.device}, dtype {resolve_dtype(env.device, cfg.train.dtype)}"
                   + (f", resuming at step {self.step}" if self.step else "")
                   + (f", weights from {self.init_from}" if self.init_from and not self.step else ""))
 

@@ -61,3 +61,40 @@ def test_bandwidth_model_and_custom_values():
         resolve_hardware("4x4090", nodes=2)
     with pytest.raises(BanyanError, match="--gpu_tflops and --gpu_mem_gb"):
         resolve_hardware("2xcustom", gpu_tflops=100)
+
+
+_FAULTS = """
+import resource, sys, torch
+from banyan.hardware import keep_host_memory
+kept = keep_host_memory() if sys.argv[1] == "keep" else False
+def faults():
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+torch.empty(64 << 20, dtype=torch.uint8).fill_(1)  # allocated, touched, freed
+f0 = faults()
+torch.empty(32 << 20, dtype=torch.uint8).fill_(1)  # fits in the freed block: fresh pages or reused ones?
+print(kept, faults() - f0)
+"""
+
+
+@pytest.mark.skipif(__import__("platform").libc_ver()[0] != "glibc", reason="mallopt settings are glibc's")
+def test_keep_host_memory_reuses_freed_blocks_without_page_faults():
+    """32 MiB allocated after a 64 MiB block was freed: 8k page faults by default (both are over glibc's
+    mmap threshold: a fresh mapping, zero-filled page by page), none once keep_host_memory is in effect
+    (the freed heap block is reused); a MALLOC_* variable set by the user wins."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MALLOC_") and k != "GLIBC_TUNABLES"}
+
+    def run(mode, **extra):
+        out = subprocess.run([sys.executable, "-c", _FAULTS, mode], env={**env, **extra}, check=True,
+                             capture_output=True, text=True).stdout.split()
+        return out[0] == "True", int(out[1])
+
+    kept, faults = run("keep")
+    assert kept and faults < 1000
+    kept, faults = run("default")
+    assert not kept and faults > 8000  # 32 MiB / 4 KiB = 8192 pages
+    kept, _ = run("keep", MALLOC_TRIM_THRESHOLD_="131072")
+    assert not kept
