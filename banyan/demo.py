@@ -100,7 +100,7 @@ def fit_steps(cfg: RunConfig, seconds: float) -> tuple[int, int]:
 
     Measured with `banyan bench train`'s own step (3 timed steps after 2 warm-ups: the first two steps
     still grow the heap: ~75k and ~20k page faults, up to 2x a settled step at the preset) because
-    CPUs differ by 2-3x (bf16 units or not, core speed); at most the preset's 600 pretraining and 200 SFT
+    CPUs differ by 2-3x (bf16 units or not, core speed); at most the preset's 700 pretraining and 200 SFT
     steps."""
     import dataclasses
 
