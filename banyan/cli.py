@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> int:
               "it may be damaged: copy it again or use an earlier checkpoint", file=sys.stderr)
         return 2
     rc = int(rc or 0)
-    if is_process and rc == 0 and verb in FAST_EXIT:
+    # not under a profiler or tracer (cProfile, coverage): they write their output at teardown
+    if is_process and rc == 0 and verb in FAST_EXIT and sys.getprofile() is None and sys.gettrace() is None:
         _exit_now(rc)
     return rc
 

@@ -135,3 +135,19 @@ def test_rl_train_as_a_process_writes_everything_before_its_fast_exit(tmp_path):
     again = subprocess.run([sys.executable, "-m", "banyan", "rl", "train", "--steps", "512", "--out", str(out)],
                            capture_output=True, text=True, env=env, timeout=300)
     assert again.returncode == 2 and "already holds a run" in again.stderr
+
+
+def test_fast_exit_waits_for_a_profiler(tmp_path):
+    """Under cProfile (or coverage's tracer) the run exits normally, so the profiler can write its file."""
+    import os
+    import pstats
+    import subprocess
+    import sys
+
+    prof = tmp_path / "run.prof"
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "cProfile", "-o", str(prof), "-m", "banyan", "rl", "train",
+                           "--steps", "256", "--eval_every", "0", "--eval_episodes", "1", "--ppo.epochs", "1",
+                           "--out", str(tmp_path / "run")], capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    assert pstats.Stats(str(prof)).total_calls > 0
