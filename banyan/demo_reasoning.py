@@ -192,6 +192,11 @@ def report(args, after_sft: tuple, after_grpo: tuple, summary: dict, clock: dict
     print("time: " + ", ".join(f"{k} {v:.0f}s" for k, v in clock.items()) + f"; total {total:.0f}s")
 
 
+def stage_train(args) -> dict:
+    """train.* settings every stage shares: CPU, fp32 (the measured figures), the stage seed from --seed."""
+    return {"device": "cpu", "dtype": "fp32", "seed": 1337 + args.seed}
+
+
 def pretrain(data: Path, out: Path, args) -> None:
     from banyan.config import RunConfig
     from banyan.train.pretrain import train
@@ -202,7 +207,7 @@ def pretrain(data: Path, out: Path, args) -> None:
                   "d_ff": 3 * args.width, "max_seq_len": 128},
         "train": {"max_steps": args.pretrain_steps, "seq_len": 128, "micro_batch": 32, "eval_every": 0,
                   "eval_batches": 4,
-                  "log_every": 25, "device": "cpu", "dtype": "fp32", "seed": 1337 + args.seed},
+                  "log_every": 25, **stage_train(args)},
         "optim": {"name": "adamw", "lr": 3e-3, "warmup_steps": 20}, "checkpoint": {"every": 0},
         "log": {"tensorboard": False}})
     print(f"[2/4] pretraining a {cfg.model.n_layer}-layer, width-{cfg.model.d_model} Llama "
@@ -216,7 +221,7 @@ def sft(src: Path, out: Path, chats: Path, args) -> None:
     cfg = load_config(SFTConfig, overrides={
         "init": str(src), "out": str(out), "sft": {"data": str(chats), "end_prompts": 0},
         "train": {"max_steps": args.sft_steps, "seq_len": 128, "micro_batch": 32, "eval_every": 0, "eval_batches": 4,
-                  "log_every": 25, "device": "cpu", "dtype": "fp32", "seed": 1337 + args.seed},
+                  "log_every": 25, **stage_train(args)},
         "optim": {"name": "adamw", "lr": 1e-3, "warmup_steps": 10}, "checkpoint": {"every": 0},
         "log": {"tensorboard": False}})
     print(f"[3/4] SFT on question/answer chats for {args.sft_steps} steps ({args.direct:.0%} answered directly) ...")
@@ -235,7 +240,7 @@ def grpo(src: Path, out: Path, args) -> dict:
                  "eval_prompts": args.eval_prompts, "pass_k": 4},
         "train": {"max_steps": args.grpo_steps, "seq_len": 128, "micro_batch": args.prompts * args.group,
                   "eval_every": max(args.grpo_steps // 4, 1) if args.eval_prompts else 0,
-                  "log_every": 5, "device": "cpu", "dtype": "fp32", "seed": 1337 + args.seed},
+                  "log_every": 5, **stage_train(args)},
         # no weight decay: a 0.2M model pulled towards 0 for a few dozen RL steps only loses what SFT taught
         "optim": {"name": "adamw", "lr": args.grpo_lr, "warmup_steps": args.grpo_warmup, "weight_decay": 0.0},
         "checkpoint": {"every": 0}, "log": {"tensorboard": False}})

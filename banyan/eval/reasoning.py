@@ -1,5 +1,6 @@
 """pass@1 (greedy) and pass@k (sampled) of a chat model on a reasoning task's held-out problems.
 
+    replies(model, tok, ids, max_new_tokens, temperature, ...) -> the reply text to each prompt (ids)
     greedy_replies(model, tok, template, problems, ...)     -> the greedy reply text of each problem
     pass_sums(model, tok, template, task, problems, k, ...)  -> sums {n, pass1, passk, score} (one process's share)
     evaluate_reasoning(model, tok, template, task, n, k, ...) -> {pass_at_1, pass_at_k, mean_score, n}
@@ -38,15 +39,22 @@ def completion_text(tok, ids: list[int]) -> str:
     return tok.decode([t for t in ids if t not in stops])
 
 
+def replies(model, tok, ids: list[list[int]], max_new_tokens: int, temperature: float = 0.0, generator=None,
+            device=None) -> list[str]:
+    """The reply text (stop token dropped) to each prompt of chat-template ids; temperature 0 is greedy."""
+    from banyan.model.generate import generate_batch
+
+    gen = generate_batch(model, ids, max_new_tokens, stop_ids(tok), temperature=temperature, generator=generator,
+                         device=device)
+    return [completion_text(tok, t) for t in gen.tokens]
+
+
 @torch.no_grad()
 def greedy_replies(model, tok, template: str, problems, max_new_tokens: int = 32, system_prompt: str = "",
                    device=None) -> list[str]:
     """The greedy (temperature 0) reply of each problem, without its stop token."""
-    from banyan.model.generate import generate_batch
-
     ids = [prompt_ids(tok, template, p.prompt, system_prompt) for p in problems]
-    gen = generate_batch(model, ids, max_new_tokens, stop_ids(tok), temperature=0.0, device=device)
-    return [completion_text(tok, t) for t in gen.tokens]
+    return replies(model, tok, ids, max_new_tokens, device=device)
 
 
 @torch.no_grad()
@@ -56,20 +64,17 @@ def pass_sums(model, tok, template: str, task, problems, k: int = 4, temperature
     """Sums over `problems` of greedy pass, pass@k and greedy grade, plus their count."""
     import contextlib
 
-    from banyan.model.generate import generate_batch
-
     if not problems:
         return {"n": 0.0, "pass1": 0.0, "passk": 0.0, "score": 0.0}
     ids = [prompt_ids(tok, template, p.prompt, system_prompt) for p in problems]
     with autocast or contextlib.nullcontext():
-        greedy = greedy_replies(model, tok, template, problems, max_new_tokens, system_prompt, device)
+        greedy = replies(model, tok, ids, max_new_tokens, device=device)
         g = torch.Generator(device=device or "cpu").manual_seed(seed)
-        sampled = generate_batch(model, [p for p in ids for _ in range(k)], max_new_tokens, stop_ids(tok),
-                                 temperature=temperature, generator=g, device=device)
+        sampled = replies(model, tok, [p for p in ids for _ in range(k)], max_new_tokens, temperature, g, device)
     scores = [task.score(p, text) for p, text in zip(problems, greedy)]
     passk = 0.0
     for i, p in enumerate(problems):
-        c = sum(task.score(p, completion_text(tok, t)) >= 1.0 for t in sampled.tokens[i * k:(i + 1) * k])
+        c = sum(task.score(p, text) >= 1.0 for text in sampled[i * k:(i + 1) * k])
         passk += pass_at_k(k, c, k)
     return {"n": float(len(problems)), "pass1": float(sum(s >= 1.0 for s in scores)), "passk": passk,
             "score": float(sum(scores))}

@@ -324,13 +324,11 @@ class GRPOTask(Task):
 
     def sample(self, raw_model: nn.Module, step: int) -> str | None:
         """The first held-out problem, the greedy reply and its grade."""
-        from banyan.eval.reasoning import completion_text, prompt_ids
-        from banyan.model.generate import generate_batch
+        from banyan.eval.reasoning import greedy_replies
 
         p = self.task.held_out(1)[0]
-        ids = prompt_ids(self.tokenizer, self.template, p.prompt, self.s.system_prompt)
-        reply = completion_text(self.tokenizer, generate_batch(raw_model, [ids], self.s.max_new_tokens, self.stops,
-                                                               temperature=0.0, device=self.env.device).tokens[0])
+        reply = greedy_replies(raw_model, self.tokenizer, self.template, [p], self.s.max_new_tokens,
+                               self.s.system_prompt, self.env.device)[0]
         return f"{p.prompt}\n-> {reply!r} (grade {self.task.score(p, reply):g}, answer {p.answer})"
 
     def state_dict(self) -> dict:
