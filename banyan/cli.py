@@ -13,6 +13,7 @@ import os
 import sys
 
 from banyan.errors import BanyanError
+from banyan.runtime import paused_gc
 
 # verb (possibly two words) -> (entry point, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -108,7 +109,8 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     module, func = COMMANDS[verb][0].split(":")
     try:
-        fn = getattr(importlib.import_module(module), func)
+        with paused_gc():  # no collections while torch & co. load; then they are frozen (banyan.runtime)
+            fn = getattr(importlib.import_module(module), func)
     except ModuleNotFoundError as e:
         if (e.name or "").startswith("banyan"):
             raise

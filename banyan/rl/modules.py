@@ -11,13 +11,18 @@ call: 0.2 s of start-up). PPO calls the actor and the critic this way on every g
 and fall back to TorchRL's own `forward` for anything else (keyword calls, `tensordict_out`, several
 keys, a `method` or keyword in_keys, an active `tensordict.nn.skip_existing()`). Outputs are bitwise the same either way (checked in
 tests/rl/test_policies.py); only the bookkeeping is skipped.
+
+`DirectProbabilisticActor` does the same for `get_dist(td)`, which ClipPPOLoss calls on every gradient
+step: the parameter network's direct call, then the distribution module's own `get_dist`, instead of a
+pass through a TensorDictSequential of the deterministic part under `set_interaction_type` (which a
+deterministic network does not read) and a walk over `modules()` to find the distribution module.
 """
 
 from __future__ import annotations
 
 from tensordict import TensorDictBase
 from tensordict.nn import TensorDictModule, skip_existing
-from torchrl.modules import ValueOperator
+from torchrl.modules import ProbabilisticActor, ValueOperator
 
 
 class _DirectForward:
@@ -38,3 +43,13 @@ class DirectModule(_DirectForward, TensorDictModule):
 
 class DirectValueOperator(_DirectForward, ValueOperator):
     """A ValueOperator (`observation` -> `state_value`) with the direct single-key path."""
+
+
+class DirectProbabilisticActor(ProbabilisticActor):
+    """A ProbabilisticActor [DirectModule -> distribution module] whose plain `get_dist(td)` skips the plumbing."""
+
+    def get_dist(self, tensordict, tensordict_out=None, **kwargs):
+        if (tensordict_out is None and not kwargs and not self.return_composite and len(self.module) == 2
+                and isinstance(self.module[0], DirectModule)):
+            return self.module[-1].get_dist(self.module[0](tensordict))
+        return super().get_dist(tensordict, tensordict_out, **kwargs)

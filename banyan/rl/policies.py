@@ -152,9 +152,9 @@ def make_actor_critic(kind: str, cfg: NetConfig, obs_dim: int, action_spec, cont
     Both write `action_log_prob`; the critic writes `state_value` [B, 1].
     """
     from tensordict.nn import NormalParamExtractor
-    from torchrl.modules import OneHotCategorical, ProbabilisticActor, TanhNormal
+    from torchrl.modules import OneHotCategorical, TanhNormal
 
-    from banyan.rl.modules import DirectModule, DirectValueOperator
+    from banyan.rl.modules import DirectModule, DirectProbabilisticActor, DirectValueOperator
 
     n_act = action_spec.shape[-1]
     if continuous:
@@ -162,12 +162,12 @@ def make_actor_critic(kind: str, cfg: NetConfig, obs_dim: int, action_spec, cont
                             NormalParamExtractor(scale_mapping="biased_softplus_1.0"))
         module = DirectModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
         low, high = action_spec.space.low, action_spec.space.high
-        actor = ProbabilisticActor(module, in_keys=["loc", "scale"], spec=action_spec, distribution_class=TanhNormal,
+        actor = DirectProbabilisticActor(module, in_keys=["loc", "scale"], spec=action_spec, distribution_class=TanhNormal,
                                    distribution_kwargs={"low": low, "high": high}, return_log_prob=True)
     else:
         module = DirectModule(build_net(kind, obs_dim, n_act, cfg, head_std=0.01),
                                   in_keys=["observation"], out_keys=["logits"])
-        actor = ProbabilisticActor(module, in_keys=["logits"], spec=action_spec,
+        actor = DirectProbabilisticActor(module, in_keys=["logits"], spec=action_spec,
                                    distribution_class=OneHotCategorical, return_log_prob=True)
     critic = DirectValueOperator(build_net(kind, obs_dim, 1, cfg, head_std=1.0), in_keys=["observation"])
     return actor, critic

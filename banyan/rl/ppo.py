@@ -24,6 +24,7 @@ from dataclasses import dataclass
 import torch
 
 from banyan.logger import MetricsLogger
+from banyan.runtime import frozen_gc
 from banyan.rl.flat import FlatParams
 from banyan.rl.guards import check_loss, check_weights
 from banyan.rl.loop import Run
@@ -72,9 +73,10 @@ def make_gae(cfg: PPOConfig, critic):
 
 
 def make_loss(cfg: PPOConfig, actor, critic):
-    from torchrl.objectives import ClipPPOLoss
+    """TorchRL's ClipPPOLoss (as banyan.rl.clip_loss.ClipPPO, whose `train_terms` skips the diagnostics)."""
+    from banyan.rl.clip_loss import ClipPPO
 
-    return ClipPPOLoss(actor, critic, clip_epsilon=cfg.clip, entropy_bonus=cfg.ent_coef > 0,
+    return ClipPPO(actor, critic, clip_epsilon=cfg.clip, entropy_bonus=cfg.ent_coef > 0,
                        entropy_coeff=cfg.ent_coef if cfg.ent_coef > 0 else None, critic_coeff=cfg.vf_coef,
                        loss_critic_type="l2", normalize_advantage=cfg.norm_adv,
                        log_explained_variance=False,  # not logged; saves a few ops per gradient step
@@ -116,9 +118,9 @@ def update(cfg, loss_fn, optim, flat, data, step: int) -> dict[str, float]:
         for _ in range(p.epochs):
             parts = [data] if whole else [data[i] for i in torch.randperm(data.numel()).split(p.minibatch)]
             for mb in parts:
-                out = loss_fn(mb)
+                out = loss_fn.train_terms(mb)
                 loss = out["loss_objective"] + out["loss_critic"]
-                if "loss_entropy" in out.keys():
+                if "loss_entropy" in out:
                     loss = loss + out["loss_entropy"]
                 check_loss(loss, cfg.env, step, "PPO loss")
                 flat.zero_grad()
@@ -127,7 +129,7 @@ def update(cfg, loss_fn, optim, flat, data, step: int) -> dict[str, float]:
                     flat.clip_grad_norm_(p.max_grad_norm)
                 optim.step()
                 for k, key in _STATS:
-                    if key in out.keys():
+                    if key in out:
                         stats[k].append(out[key].detach())
     finally:
         loss_fn.normalize_advantage = normalize
@@ -204,7 +206,8 @@ def train(cfg, env, eval_env, obs_dim: int, continuous: bool, threshold: float |
     validate = torch.distributions.Distribution._validate_args
     torch.distributions.Distribution.set_default_validate_args(False)
     try:
-        _iterate(cfg, stream, iterations, frames_per_batch, gae, loss_fn, optim, flat, run)
+        with frozen_gc():  # the networks, envs and imports out of the cycle collector's walks (banyan.runtime)
+            _iterate(cfg, stream, iterations, frames_per_batch, gae, loss_fn, optim, flat, run)
     finally:
         torch.distributions.Distribution.set_default_validate_args(validate)
         stream.close()  # shuts a TorchRL collector down even when training stopped early

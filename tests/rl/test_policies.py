@@ -105,3 +105,17 @@ def test_mlp_forward_is_the_layer_stack():
     torch.testing.assert_close(net(x), net.head(net.body(x)), rtol=0, atol=0)
     assert [k for k, _ in net.named_parameters()] == ["body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias",
                                                       "body.4.weight", "body.4.bias", "head.weight", "head.bias"]
+
+
+@pytest.mark.parametrize("continuous", [False, True])
+def test_direct_actor_get_dist_equals_torchrl(continuous):
+    from torchrl.modules import ProbabilisticActor
+
+    spec = Bounded(low=-2.0, high=2.0, shape=(2,)) if continuous else OneHot(3)
+    actor, _ = make_actor_critic("mlp", NetConfig(), D, spec, continuous=continuous)
+    td = TensorDict({"observation": torch.randn(B, D)}, batch_size=[B])
+    fast = actor.get_dist(td.clone())
+    ref = ProbabilisticActor.get_dist(actor, td.clone())
+    assert type(fast) is type(ref)
+    x = ref.sample()
+    assert torch.equal(fast.log_prob(x), ref.log_prob(x))
