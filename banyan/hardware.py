@@ -216,18 +216,19 @@ def peak_flops(device: torch.device | str) -> float | None:
 
 
 def native_bf16(device: torch.device) -> bool:
-    """Whether bf16 matmuls run natively: CUDA, or a CPU with AVX512-BF16 or AMX tiles.
+    """Whether bf16 pays over fp32 here: CUDA, or a CPU with AMX tiles (AMX-BF16).
 
-    Elsewhere (e.g. an AVX2-only CPU) oneDNN emulates bf16 and a 256x704x256 matmul measured 8x slower
-    than fp32 (0.73 vs 5.9 ms on this project's 2-core AVX2 box), so `auto` picks fp32 there.
+    Without AMX, oneDNN either emulates bf16 (an AVX2-only CPU: a 256x704x256 matmul measured 8x slower
+    than fp32, 0.73 vs 5.9 ms on this project's 2-core AVX2 box) or runs it on AVX512-BF16's dot-product
+    instructions, which a whole train step does not win back on the casts autocast adds: on a 2-core
+    Xeon with AVX512-BF16 and no AMX, `banyan bench train` measured 63.9 vs 33.8 ms a step at nanoGPT's
+    CPU shape and 527-685 vs 345-413 ms at the shakespeare preset, bf16 vs fp32. `auto` picks fp32 there.
     """
     if device.type == "cuda":
         return True
     if device.type != "cpu":
         return False
-    cpu = torch.cpu
-    return bool(getattr(cpu, "_is_avx512_bf16_supported", lambda: False)()
-                or getattr(cpu, "_is_amx_tile_supported", lambda: False)())
+    return bool(getattr(torch.cpu, "_is_amx_tile_supported", lambda: False)())
 
 
 # glibc <malloc.h> mallopt parameters

@@ -227,6 +227,6 @@ def _iterate(cfg, stream, iterations: int, frames_per_batch: int, gae, loss_fn, 
             gae(batch)  # adds advantage, value_target, state_value
         step = (it + 1) * frames_per_batch
         stats = update(cfg, loss_fn, optim, flat, batch.reshape(-1), step)
-        check_weights(run.modules, cfg.env, step)
+        check_weights(run.modules, cfg.env, step, flat.param)
         if run.after_batch(step, finished, lr=optim.param_groups[0]["lr"], **stats):
             break

@@ -44,7 +44,7 @@ class StepResult:
 
 
 def resolve_dtype(device: torch.device, dtype: str) -> str:
-    """`auto` -> bf16 where bf16 is native (CUDA, CPUs with AVX512-BF16/AMX), else fp32."""
+    """`auto` -> bf16 where bf16 pays (CUDA, CPUs with AMX: banyan.hardware.native_bf16), else fp32."""
     if dtype != "auto":
         return dtype
     from banyan.hardware import native_bf16

@@ -95,6 +95,22 @@ def test_non_finite_loss_and_weights_are_refused():
         net.bias[1] = float("inf")
     with pytest.raises(NonFiniteError, match="E: weights actor.bias became non-finite at env step 7"):
         check_weights({"actor": net}, "E", 7)
+    # with the flat parameter buffer: the same error names the tensor; a finite one passes
+    from banyan.rl.flat import FlatParams
+
+    flat = FlatParams(net.parameters())
+    with pytest.raises(NonFiniteError, match="actor.bias became non-finite"):
+        check_weights({"actor": net}, "E", 7, flat.param)
+    with torch.no_grad():
+        net.bias[1] = 0.0
+    check_weights({"actor": net}, "E", 7, flat.param)
+    # a non-finite buffer is still caught when the flat parameters are finite
+    bn = torch.nn.BatchNorm1d(2)
+    bn.running_mean[0] = float("nan")
+    with pytest.raises(NonFiniteError, match="norm.running_mean"):
+        check_weights({"actor": net, "norm": bn}, "E", 7, flat.param)
+    with pytest.raises(NonFiniteError, match="non-finite loss"):
+        check_loss(torch.tensor([1.0, float("inf")]), "E", 5)
 
 
 def test_non_finite_weights_never_reach_a_checkpoint(tmp_path):
