@@ -82,7 +82,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     """Clip the global gradient norm to this value (0 disables)."""
     dtype: Literal["auto", "fp32", "bf16", "fp16"] = "auto"
-    """Compute dtype for autocast: auto = bf16 where it is native (CUDA; CPUs with AVX512-BF16 or AMX), else fp32."""
+    """Compute dtype for autocast: auto = bf16 where it pays (CUDA; CPUs with AMX), else fp32 (banyan.hardware.native_bf16)."""
     device: str = "auto"
     """Device: auto, cpu, cuda, cuda:1, ..."""
     compile: bool = False
