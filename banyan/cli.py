@@ -85,6 +85,24 @@ def _resolve(argv: list[str]) -> tuple[str | None, list[str]]:
     return None, argv
 
 
+def _no_verb(argv: list[str]) -> int:
+    """A group name alone (`banyan rl`): its verbs (exit 0 with -h, else 2); anything else: the closest verb, 2."""
+    groups = sorted({k.split()[0] for k in COMMANDS if " " in k})
+    if argv[0] in groups:
+        subs = [k for k in COMMANDS if k.startswith(argv[0] + " ")]
+        print(f"banyan {argv[0]}: choose one of: " + ", ".join(s.split()[1] for s in subs), file=sys.stderr)
+        for s in subs:
+            print(f"  banyan {s:<24} {COMMANDS[s][1]}", file=sys.stderr)
+        return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
+    import difflib
+
+    close = difflib.get_close_matches(" ".join(argv[:2]), list(COMMANDS), n=1) or \
+        difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
+    hint = f" Did you mean 'banyan {close[0]}'?" if close else ""
+    print(f"banyan: unknown command '{argv[0]}'.{hint}\n\n{_usage()}", file=sys.stderr)
+    return 2
+
+
 def main(argv: list[str] | None = None) -> int:
     is_process = argv is None  # called by the console script / python -m banyan, not from Python code
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -93,20 +111,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     verb, rest = _resolve(argv)
     if verb is None:
-        groups = sorted({k.split()[0] for k in COMMANDS if " " in k})
-        if argv[0] in groups:
-            subs = [k for k in COMMANDS if k.startswith(argv[0] + " ")]
-            print(f"banyan {argv[0]}: choose one of: " + ", ".join(s.split()[1] for s in subs), file=sys.stderr)
-            for s in subs:
-                print(f"  banyan {s:<24} {COMMANDS[s][1]}", file=sys.stderr)
-            return 0 if len(argv) > 1 and argv[1] in ("-h", "--help") else 2
-        import difflib
-
-        close = difflib.get_close_matches(" ".join(argv[:2]), list(COMMANDS), n=1) or \
-            difflib.get_close_matches(argv[0], list(COMMANDS), n=1)
-        hint = f" Did you mean 'banyan {close[0]}'?" if close else ""
-        print(f"banyan: unknown command '{argv[0]}'.{hint}\n\n{_usage()}", file=sys.stderr)
-        return 2
+        return _no_verb(argv)
     module, func = COMMANDS[verb][0].split(":")
     try:
         with paused_gc():  # no collections while torch & co. load; then they are frozen (banyan.runtime)
