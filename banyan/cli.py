@@ -8,6 +8,7 @@ Any `BanyanError` (banyan.errors) becomes one clear line on stderr and exit code
 from __future__ import annotations
 
 import atexit
+import contextlib
 import importlib
 import os
 import sys
@@ -114,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
         return _no_verb(argv)
     module, func = COMMANDS[verb][0].split(":")
     try:
-        with paused_gc():  # no collections while torch & co. load; then they are frozen (banyan.runtime)
+        # a process: no collections while torch & co. load, then they are frozen (banyan.runtime); a Python
+        # caller keeps its own collector state (a freeze would also hold its pending garbage cycles)
+        with paused_gc() if is_process else contextlib.nullcontext():
             fn = getattr(importlib.import_module(module), func)
     except ModuleNotFoundError as e:
         if (e.name or "").startswith("banyan"):

@@ -12,10 +12,12 @@ imports and the survivors frozen it made 110 young ones in ~15 ms, and the run t
   the collector is switched back on if it was on before.
 - `frozen_gc()`: for a training loop: the objects alive at its start (networks, optimizer, envs, the
   imports) are frozen for its duration and unfrozen afterwards, so a later collection can free them,
-  which matters when one Python process trains many times (tests, notebooks).
+  which matters when one Python process trains many times (tests, notebooks); unless something was
+  frozen before it (the CLI's imports), which then stays frozen with the rest.
 
-Reference counting is unaffected: freezing only hides objects from the cycle collector, it never keeps
-an object alive that has no references.
+Reference counting is unaffected: freezing only hides objects from the cycle collector, so an object
+without references is still freed at once; only garbage cycles among frozen objects wait for an unfreeze
+(which is why the CLI freezes in its own process only, not when `banyan.cli.main` is called from Python).
 """
 
 from __future__ import annotations
@@ -39,8 +41,12 @@ def paused_gc() -> Iterator[None]:
 
 @contextmanager
 def frozen_gc() -> Iterator[None]:
+    # gc.unfreeze() is all or nothing: when a caller had already frozen objects (the CLI's paused_gc
+    # around the imports) they stay frozen, so the rest of that process's run does not walk them again
+    outer = gc.get_freeze_count() > 0
     gc.freeze()
     try:
         yield
     finally:
-        gc.unfreeze()
+        if not outer:
+            gc.unfreeze()

@@ -32,3 +32,17 @@ def test_frozen_gc_unfreezes_after_the_loop_even_on_error():
     except ValueError:
         pass
     assert gc.get_freeze_count() == 0 and gc.isenabled()
+
+
+def test_frozen_gc_keeps_an_outer_freeze():
+    gc.unfreeze()
+    try:
+        with paused_gc():
+            pass
+        before = gc.get_freeze_count()
+        assert before > 0
+        with frozen_gc():
+            pass
+        assert gc.get_freeze_count() >= before  # the CLI's freeze is not undone by the loop's
+    finally:
+        gc.unfreeze()
