@@ -162,13 +162,14 @@ def make_actor_critic(kind: str, cfg: NetConfig, obs_dim: int, action_spec, cont
                             NormalParamExtractor(scale_mapping="biased_softplus_1.0"))
         module = DirectModule(net, in_keys=["observation"], out_keys=["loc", "scale"])
         low, high = action_spec.space.low, action_spec.space.high
-        actor = DirectProbabilisticActor(module, in_keys=["loc", "scale"], spec=action_spec, distribution_class=TanhNormal,
-                                   distribution_kwargs={"low": low, "high": high}, return_log_prob=True)
+        actor = DirectProbabilisticActor(module, in_keys=["loc", "scale"], spec=action_spec,
+                                         distribution_class=TanhNormal, distribution_kwargs={"low": low, "high": high},
+                                         return_log_prob=True)
     else:
         module = DirectModule(build_net(kind, obs_dim, n_act, cfg, head_std=0.01),
                                   in_keys=["observation"], out_keys=["logits"])
         actor = DirectProbabilisticActor(module, in_keys=["logits"], spec=action_spec,
-                                   distribution_class=OneHotCategorical, return_log_prob=True)
+                                         distribution_class=OneHotCategorical, return_log_prob=True)
     critic = DirectValueOperator(build_net(kind, obs_dim, 1, cfg, head_std=1.0), in_keys=["observation"])
     return actor, critic
 

@@ -77,10 +77,10 @@ def make_loss(cfg: PPOConfig, actor, critic):
     from banyan.rl.clip_loss import ClipPPO
 
     return ClipPPO(actor, critic, clip_epsilon=cfg.clip, entropy_bonus=cfg.ent_coef > 0,
-                       entropy_coeff=cfg.ent_coef if cfg.ent_coef > 0 else None, critic_coeff=cfg.vf_coef,
-                       loss_critic_type="l2", normalize_advantage=cfg.norm_adv,
-                       log_explained_variance=False,  # not logged; saves a few ops per gradient step
-                       functional=False)  # no parameter copies: the actor is the live policy
+                   entropy_coeff=cfg.ent_coef if cfg.ent_coef > 0 else None, critic_coeff=cfg.vf_coef,
+                   loss_critic_type="l2", normalize_advantage=cfg.norm_adv,
+                   log_explained_variance=False,  # not logged; saves a few ops per gradient step
+                   functional=False)  # no parameter copies: the actor is the live policy
 
 
 _STATS = (("loss_objective", "loss_objective"), ("loss_critic", "loss_critic"), ("loss_entropy", "loss_entropy"),
