@@ -4,7 +4,8 @@
 
 You bring a nanoGPT checkout (github.com/karpathy/nanoGPT); nothing of it is copied into banyan. The script
 copies it to --out, writes the same 1.1 MB of the embedded Shakespeare text as nanoGPT's shakespeare_char
-input.txt and as banyan jsonl documents (char-level on both sides), then runs, round by round:
+input.txt and as banyan jsonl documents (char-level on both sides; both hold out the same last 10% of the
+characters, see same_held_out_documents), then runs, round by round:
 
   nanogpt   train.py config/train_shakespeare_char.py --device=cpu --compile=False --eval_iters=20
             --block_size=64 --batch_size=12 --n_layer=4 --n_head=4 --n_embd=128 --dropout=0.0 (README CPU line)
@@ -38,12 +39,14 @@ CHARS = 1_115_394  # the size of nanoGPT's tinyshakespeare input.txt
 
 
 def banyan_config(data: Path, iters: int, dtype: str) -> str:
-    """nanoGPT's shakespeare_char settings in banyan terms (lr 1e-3 -> 1e-4 cosine, beta2 0.99, clip 1).
+    """nanoGPT's shakespeare_char settings in banyan terms (lr 1e-3 -> 1e-4 cosine, beta2 0.99, clip 1, and
+    no biases: nanoGPT's train.py defaults to bias=False).
 
     train.dtype stays banyan's default (auto: bf16 autocast where the CPU has bf16 matrix units, else fp32);
     nanoGPT on CPU runs fp32 (its dtype setting only applies to CUDA autocast). --banyan_dtype overrides."""
     return f"""[model]
 arch = "gpt2"
+bias = false
 n_layer = 4
 n_head = 4
 n_kv_head = 4
@@ -74,6 +77,32 @@ every = 250
 """
 
 
+def _split_paragraphs(text: str, n: int) -> list[str]:
+    """`text` cut at paragraph breaks into `n` documents of about equal paragraph counts."""
+    paras = text.split("\n\n")
+    bounds = [round(i * len(paras) / n) for i in range(n + 1)]
+    return ["\n\n".join(paras[a:b]) for a, b in zip(bounds, bounds[1:])]
+
+
+def same_held_out_documents(text: str, fraction: float = 0.1) -> list[str]:
+    """`text` as banyan documents (~20 paragraphs each), placed so that banyan holds out exactly the text
+    nanoGPT's prepare.py holds out: its last 10% of characters. banyan draws whole documents for val by a
+    hash of their position (banyan.data.prepare.val_mask): the tail is cut into as many documents as
+    positions drawn and put there in order; the head fills the other positions in order. Both sides then
+    report the val loss of the same characters (banyan's documents end where nanoGPT's text has a
+    paragraph break, so a few boundary predictions differ)."""
+    from banyan.data.prepare import PrepareConfig, val_mask
+
+    n_docs = max(2, len(text.split("\n\n")) // 20)
+    held = val_mask(PrepareConfig.seed, 0, n_docs, fraction)
+    k = int(held.sum())
+    cut = int(len(text) * 0.9)  # nanoGPT's data/shakespeare_char/prepare.py: data[:int(n*0.9)] is train
+    if not 0 < k < n_docs:
+        raise SystemExit(f"the val split drew {k} of {n_docs} documents; cannot place nanoGPT's held-out text")
+    train, val = iter(_split_paragraphs(text[:cut], n_docs - k)), iter(_split_paragraphs(text[cut:], k))
+    return [next(val) if h else next(train) for h in held]
+
+
 def prepare(nanogpt: Path, out: Path, iters: int, dtype: str) -> Path:
     """Copy nanoGPT, write the shared text, run both data preparations; returns banyan's config file."""
     from banyan.data.sources import shakespeare_documents
@@ -84,9 +113,8 @@ def prepare(nanogpt: Path, out: Path, iters: int, dtype: str) -> Path:
         shutil.copytree(nanogpt, nano, ignore=shutil.ignore_patterns(".git"))
     (nano / "data/shakespeare_char/input.txt").write_text(text)
     subprocess.run([sys.executable, "data/shakespeare_char/prepare.py"], cwd=nano, check=True, capture_output=True)
-    paras = text.split("\n\n")
-    docs = out / "docs.jsonl"  # banyan holds out whole documents: ~20 paragraphs each
-    docs.write_text("".join(json.dumps({"text": "\n\n".join(paras[i:i + 20])}) + "\n" for i in range(0, len(paras), 20)))
+    docs = out / "docs.jsonl"
+    docs.write_text("".join(json.dumps({"text": d}) + "\n" for d in same_held_out_documents(text)))
     subprocess.run([sys.executable, "-m", "banyan", "data", "prepare", "--source", str(docs), "--tokenizer", "char",
                     "--out", str(out / "data"), "--val_fraction", "0.1", "--overwrite", "--no_progress"], check=True,
                    capture_output=True)

@@ -1,6 +1,7 @@
 """GPT-2 (Radford et al. 2019): learned positions, pre-norm LayerNorm with biases, GELU MLP, tied head.
 
 GELU is exact by default and GPT-2's tanh approximation for imported checkpoints (ModelConfig.activation).
+`ModelConfig.bias = False` drops every bias (Linear and LayerNorm), as nanoGPT's default does.
 
 Parameter names are Hugging Face's `GPT2LMHeadModel` ones (`transformer.h.{i}.attn.c_attn`, ...),
 but every projection is an `nn.Linear` ([out, in]); HF's Conv1D stores [in, out], so `hf.py`
@@ -27,8 +28,8 @@ class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
         self.layer_idx, self.n_head, self.head_dim, self.dropout = layer_idx, cfg.n_head, cfg.head_dim, cfg.dropout
-        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model)
-        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model)
+        self.c_attn = nn.Linear(cfg.d_model, 3 * cfg.d_model, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.d_model, cfg.d_model, bias=cfg.bias)
         self.resid_dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None, start_pos: int,
@@ -49,8 +50,8 @@ class MLP(nn.Module):
     def __init__(self, cfg: ModelConfig):
         super().__init__()
         self.approximate = "tanh" if cfg.activation == "gelu_tanh" else "none"
-        self.c_fc = nn.Linear(cfg.d_model, cfg.d_ff)
-        self.c_proj = nn.Linear(cfg.d_ff, cfg.d_model)
+        self.c_fc = nn.Linear(cfg.d_model, cfg.d_ff, bias=cfg.bias)
+        self.c_proj = nn.Linear(cfg.d_ff, cfg.d_model, bias=cfg.bias)
         self.dropout = nn.Dropout(cfg.dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -62,9 +63,9 @@ class Block(nn.Module):
 
     def __init__(self, cfg: ModelConfig, layer_idx: int):
         super().__init__()
-        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ln_1 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.attn = Attention(cfg, layer_idx)
-        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps)
+        self.ln_2 = nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias)
         self.mlp = MLP(cfg)
 
     def forward(self, x: torch.Tensor, cache: KVCache | None = None, start_pos: int = 0,
@@ -89,7 +90,7 @@ class GPT2(CausalLM):
             wpe=embedding(cfg.max_seq_len, cfg.d_model),
             drop=nn.Dropout(cfg.dropout),
             h=nn.ModuleList(Block(cfg, i) for i in range(cfg.n_layer)),
-            ln_f=nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps),
+            ln_f=nn.LayerNorm(cfg.d_model, eps=cfg.norm_eps, bias=cfg.bias),
         ))
         self.lm_head = nn.Linear(cfg.d_model, cfg.vocab_size, bias=False)
         self.lm_head.weight = self.transformer.wte.weight

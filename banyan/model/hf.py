@@ -187,11 +187,24 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     return out
 
 
+# GPT-2 modules that carry a bias in HF's layout (and in banyan's unless model.bias is false)
+_GPT2_BIASED = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj", "ln_f")
+
+
 def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    """banyan tensors -> HF names/layouts (the inverse of state_dict_from_hf)."""
+    """banyan tensors -> HF names/layouts (the inverse of state_dict_from_hf).
+
+    A GPT-2 built with model.bias = false gets zero biases: HF's GPT2 always has them, and x W^T + 0 is
+    the same function, so the exported model's logits equal banyan's."""
     if cfg.arch != "gpt2":
         return dict(sd)
-    return {k: (t.t().contiguous() if k.endswith(_GPT2_CONV1D) else t) for k, t in sd.items()}
+    out = {}
+    for k, t in sd.items():
+        out[k] = t.t().contiguous() if k.endswith(_GPT2_CONV1D) else t
+        bias = k[:-len("weight")] + "bias"
+        if k.endswith(tuple(m + ".weight" for m in _GPT2_BIASED)) and bias not in sd:
+            out[bias] = t.new_zeros(t.shape[0])  # [out] of an nn.Linear weight [out, in]; [D] of a LayerNorm
+    return out
 
 
 def load_hf_state_dict(model: nn.Module, sd: dict[str, torch.Tensor], where: str) -> None:

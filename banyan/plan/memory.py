@@ -138,12 +138,15 @@ def _base_specs(cfg: ModelConfig) -> list[ParamSpec]:
         p = f"transformer.h.{i}."
         for mod, shape in (("ln_1", None), ("attn.c_attn", (3 * D, D)), ("attn.c_proj", (D, D)), ("ln_2", None),
                            ("mlp.c_fc", (F, D)), ("mlp.c_proj", (D, F))):
-            if shape is None:  # LayerNorm: gain and bias
-                out += [ParamSpec(p + mod + ".weight", (D,), "norm"), ParamSpec(p + mod + ".bias", (D,), "bias")]
+            if shape is None:  # LayerNorm: gain (and bias)
+                out.append(ParamSpec(p + mod + ".weight", (D,), "norm"))
             else:
-                out += [ParamSpec(p + mod + ".weight", shape, "matrix"),
-                        ParamSpec(p + mod + ".bias", shape[:1], "bias")]
-    out += [ParamSpec("transformer.ln_f.weight", (D,), "norm"), ParamSpec("transformer.ln_f.bias", (D,), "bias")]
+                out.append(ParamSpec(p + mod + ".weight", shape, "matrix"))
+            if cfg.bias:
+                out.append(ParamSpec(p + mod + ".bias", shape[:1] if shape else (D,), "bias"))
+    out.append(ParamSpec("transformer.ln_f.weight", (D,), "norm"))
+    if cfg.bias:
+        out.append(ParamSpec("transformer.ln_f.bias", (D,), "bias"))
     return out
 
 

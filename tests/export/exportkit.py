@@ -29,13 +29,13 @@ def make_tokenizer(kind: str, folder: Path, chat: bool = False) -> Path:
     return path
 
 
-def tiny_model(arch: str, vocab_size: int, tie: bool, n_kv_head: int = 0, seed: int = 0):
+def tiny_model(arch: str, vocab_size: int, tie: bool, n_kv_head: int = 0, seed: int = 0, bias: bool = True):
     """A 2-layer model with every weight randomised (norm gains too, so a mis-mapped tensor shows)."""
     from banyan.model import build_model
 
     torch.manual_seed(seed)
     cfg = ModelConfig(arch=arch, vocab_size=vocab_size, n_layer=2, n_head=4, n_kv_head=n_kv_head, d_model=32,
-                      max_seq_len=64, tie_embeddings=tie,
+                      max_seq_len=64, tie_embeddings=tie, bias=bias,
                       rope_theta=5000.0 if arch == "llama" else 10000.0)  # gpt2 has no RoPE
     model = build_model(cfg)
     with torch.no_grad():

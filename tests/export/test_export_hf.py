@@ -42,11 +42,12 @@ def _export(src, out, **kw):
     return export_hf(ExportHFConfig(src=str(src), out=str(out), **kw))
 
 
-@pytest.mark.parametrize("arch,tie,kv", [("llama", False, 2), ("llama", True, 0), ("gpt2", True, 0)],
-                         ids=["llama-gqa-untied", "llama-tied", "gpt2"])
-def test_transformers_logits_equal_banyan(tmp_path, tokenizers, arch, tie, kv):
+@pytest.mark.parametrize("arch,tie,kv,bias", [("llama", False, 2, True), ("llama", True, 0, True),
+                                              ("gpt2", True, 0, True), ("gpt2", True, 0, False)],
+                         ids=["llama-gqa-untied", "llama-tied", "gpt2", "gpt2-no-bias"])
+def test_transformers_logits_equal_banyan(tmp_path, tokenizers, arch, tie, kv, bias):
     tok_file = tokenizers["bpe"]
-    model = tiny_model(arch, _vocab(tok_file), tie, kv)
+    model = tiny_model(arch, _vocab(tok_file), tie, kv, bias=bias)
     save_single(tmp_path / "run", model, tok_file)
     out = _export(tmp_path / "run", tmp_path / "hf")
     config = json.loads((out / "config.json").read_text())

@@ -117,6 +117,28 @@ def test_gpt2_activation_reaches_hf(make_config, activation, hf_name):
         assert max_diff(other(x), model(x)) > 10 * TOL
 
 
+def test_gpt2_without_biases_exports_zero_biases(make_config):
+    """model.bias = false (nanoGPT's layout): no bias parameter anywhere; HF's GPT2, which always has them,
+    gets zeros and computes the same logits; imported back it is a biased GPT-2 with zero biases."""
+    torch.manual_seed(0)
+    model = build_model(make_config("gpt2", bias=False))
+    names = [n for n, _ in model.named_parameters()]
+    assert not [n for n in names if n.endswith(".bias")]
+    biased = build_model(make_config("gpt2"))
+    assert len(list(biased.parameters())) - len(names) == 6 * biased.config.n_layer + 1  # 6 per block + ln_f
+    x = _ids(model.config.vocab_size, 40)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.3)
+        hf = to_hf(model)
+        hf_biases = {n: t for n, t in hf.state_dict().items() if n.endswith(".bias") and ".attn.bias" not in n}
+        assert len(hf_biases) == 6 * model.config.n_layer + 1 and all(not t.any() for t in hf_biases.values())
+        assert hf.transformer.h[0].attn.c_attn.bias.shape == (3 * model.config.d_model,)
+        assert max_diff(hf(x).logits, model(x)) < TOL
+        again = from_hf(hf)
+        assert again.config.bias and max_diff(again(x), model(x)) < TOL
+
+
 def test_config_round_trip(make_config):
     for cfg in (make_config("llama", rope_scaling="llama3", rope_factor=4.0, rope_original_max_seq_len=16,
                                     norm_eps=1e-6).finalize(),

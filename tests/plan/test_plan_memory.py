@@ -24,7 +24,8 @@ def cfg(arch="llama", **kw):
     return ModelConfig(**{**base, **kw})
 
 
-@pytest.mark.parametrize("kw", [dict(arch="llama"), dict(arch="llama", tie_embeddings=False), dict(arch="gpt2")])
+@pytest.mark.parametrize("kw", [dict(arch="llama"), dict(arch="llama", tie_embeddings=False), dict(arch="gpt2"),
+                                dict(arch="gpt2", bias=False)])
 def test_param_specs_are_the_models_parameters(kw):
     c = cfg(**kw)
     model = build_model(c)
