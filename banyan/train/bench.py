@@ -158,6 +158,9 @@ def bench(cfg: BenchTrainConfig) -> dict:
     if cfg.compare and (env.world_size > 1 or cfg.optim.name != "adamw" or cfg.grad_accum(1) != 1):
         raise ConfigError("--compare hf times one process, one micro-batch per step and AdamW on both sides: "
                           "pass --optim.name adamw and no --nproc / --train.global_batch_tokens")
+    if cfg.compare and cfg.model.arch == "gpt2" and not cfg.model.bias:
+        raise ConfigError("--compare hf with model.bias false: HF's GPT2LMHeadModel always has biases, so the two "
+                          "steps would not be the same model; drop --model.no_bias")
     cfg.finalize()
     torch.manual_seed(cfg.train.seed)
     par, opt = build_parallel(cfg, env)  # the Trainer's own set-up: meta build, parallelize, init

@@ -92,6 +92,10 @@ def test_bench_train_compare_hf_interleaves_rounds(tmp_path, capsys):
     muon = [a if a != "adamw" else "muon" for a in TINY]
     assert cli(["bench", "train", *muon, "--compare", "hf"]) == 2
     assert "--optim.name adamw" in capsys.readouterr().err
+    # HF's GPT-2 always has biases: a bias-free banyan GPT-2 would not be the same model
+    assert cli(["bench", "train", *TINY, "--model.arch", "gpt2", "--model.n_kv_head", "0", "--model.no_bias",
+                "--compare", "hf"]) == 2
+    assert "model.bias false" in capsys.readouterr().err
 
 
 def test_bench_train_profile_names_the_ops_that_take_the_time(tmp_path, capsys):
