@@ -139,48 +139,93 @@ def newton_schulz(grad: torch.Tensor, coefficients: tuple[float, float, float], 
     Jordan 2024 (github.com/KellerJordan/Muon): X <- a X + (b A + c A^2) X with A = X X^T, after scaling
     X to spectral norm <= 1; the wide orientation keeps A the smaller Gram matrix.
     """
+    return batched_newton_schulz([grad], coefficients, steps, eps, dtype)[0]
+
+
+def batched_newton_schulz(grads: list[torch.Tensor], coefficients: tuple[float, float, float], steps: int,
+                          eps: float, dtype: torch.dtype) -> list[torch.Tensor]:
+    """`newton_schulz` of every 2-D tensor in `grads` (results in `dtype`, in order), matrices of the same
+    shape stacked into one batched matmul per product.
+
+    A small model's Muon step is hundreds of small matmuls (the demo's: 28 matrices x 5 steps x 3); one
+    batched product per shape does the same arithmetic in fewer, larger calls: 39.5 -> 21.3 ms a step in
+    bf16 on a 2-core AMX Xeon, bitwise the same results there (each matrix is still normalised by its own
+    Frobenius norm; the batch only stacks the products)."""
     a, b, c = coefficients
-    x = grad.to(dtype)
-    wide = grad.size(0) > grad.size(1)
-    x = x.T if wide else x
-    x = x / x.norm().clamp(min=eps)
-    for _ in range(steps):
-        gram = x @ x.T
-        x = torch.addmm(x, torch.addmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
-    return x.T if wide else x
+    out: list[torch.Tensor | None] = [None] * len(grads)
+    groups: dict[tuple[int, int], list[int]] = {}
+    for i, g in enumerate(grads):
+        groups.setdefault(tuple(g.shape), []).append(i)
+    for shape, idx in groups.items():
+        wide = shape[0] > shape[1]  # transposed so the Gram matrix X X^T is the smaller one
+        xs = []
+        for i in idx:
+            x = grads[i].to(dtype)
+            x = x.T if wide else x
+            xs.append(x / x.norm().clamp(min=eps))
+        x = torch.stack(xs)  # [n, rows, cols], rows <= cols
+        for _ in range(steps):
+            gram = x @ x.mT
+            x = torch.baddbmm(x, torch.baddbmm(gram, gram, gram, beta=b, alpha=c), x, beta=a)
+        for k, i in enumerate(idx):
+            out[i] = x[k].T if wide else x[k]
+    return out  # type: ignore[return-value]
 
 
 class Muon(torch.optim.Muon):
-    """torch.optim.Muon whose Newton-Schulz runs in `ns_dtype`, with denormals flushed on CPU.
+    """torch.optim.Muon with the Newton-Schulz of all its matrices batched by shape, run in `ns_dtype`, with
+    denormals flushed on CPU.
 
     torch's implementation always casts to bf16: right on GPUs, but a CPU without bf16 units emulates
     it (a 256x704x256 matmul: 5.9 ms vs 0.73 ms in fp32 on a 2-core AVX2 box; the demo's Muon step took
-    ~7 s instead of ~0.6 s). The same algorithm in fp32 is swapped in for the duration of step().
+    ~7 s instead of ~0.6 s). The update rule is torch's `_single_tensor_muon`, step for step (momentum
+    buffers in the same state entries, so checkpoints are torch.optim.Muon's); only the orthogonalisation
+    runs for all matrices at once (batched_newton_schulz).
     """
 
     def __init__(self, *args, ns_dtype: torch.dtype = torch.bfloat16, **kwargs):
         super().__init__(*args, **kwargs)
         self.ns_dtype = ns_dtype
 
+    @torch.no_grad()
     def step(self, closure=None):
-        import torch.optim._muon as impl
-
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
         # The iteration's inner products underflow into denormals on x86 CPUs, where each denormal costs
         # ~100 cycles: flushing them to zero (what GPU matmuls do anyway) made it 10x faster on CPU here.
         flush = next((p.device.type == "cpu" for g in self.param_groups for p in g["params"]), False)
         if flush:
             torch.set_flush_denormal(True)
-        original = getattr(impl, "_zeropower_via_newtonschulz", None)
-        if self.ns_dtype != torch.bfloat16 and original is not None:
-            impl._zeropower_via_newtonschulz = lambda g, coef, steps, eps: newton_schulz(
-                g, coef, steps, eps, self.ns_dtype).to(g.dtype)
         try:
-            return super().step(closure)
+            for group in self.param_groups:
+                self._group_step(group)
         finally:
-            if original is not None:
-                impl._zeropower_via_newtonschulz = original
             if flush:
                 torch.set_flush_denormal(False)
+        return loss
+
+    def _group_step(self, group: dict[str, Any]) -> None:
+        from torch.optim._muon import _adjust_lr
+
+        params: list[torch.Tensor] = []
+        grads: list[torch.Tensor] = []
+        bufs: list[torch.Tensor] = []
+        if self._init_group(group, params, grads, bufs):
+            raise ValueError("Complex parameters are not supported")
+        lr, wd, momentum = float(group["lr"]), group["weight_decay"], group["momentum"]
+        updates = []
+        for grad, buf in zip(grads, bufs):
+            if grad.ndim != 2:
+                raise ValueError("Param gradient must be a 2D matrix")
+            buf.lerp_(grad, 1 - momentum)
+            updates.append(grad.lerp(buf, momentum) if group["nesterov"] else buf)
+        ortho = batched_newton_schulz(updates, group["ns_coefficients"], group["ns_steps"], group["eps"],
+                                      self.ns_dtype)
+        for param, update in zip(params, ortho):
+            param.mul_(1 - lr * wd)
+            param.add_(update, alpha=-_adjust_lr(lr, group["adjust_lr_fn"], param.shape))
 
 
 def _adamw(groups: list[dict], cfg: OptimConfig, device_type: str) -> torch.optim.Optimizer:

@@ -165,16 +165,39 @@ def test_muon_fp32_newton_schulz_matches_torch_bf16_within_bf16_precision():
         assert 0.5 < float(s.min()) and float(s.max()) < 1.5  # orthogonalised: Muon's S' ~ U(0.5, 1.5)
 
 
-def test_muon_step_restores_torch_state():
-    import torch.optim._muon as impl
-
+@pytest.mark.parametrize("nesterov", [True, False])
+def test_batched_muon_step_is_torch_muon(nesterov):
+    """banyan's Muon (Newton-Schulz batched by shape) against torch.optim.Muon on the same parameters:
+    shapes that batch (two 16x24, two transposed 24x16 sharing their Gram size with them), a lone square,
+    weight decay, 3 steps; then torch's optimizer continues from banyan's state dict."""
     from banyan.train.optim import Muon
 
-    original = impl._zeropower_via_newtonschulz
-    w = torch.nn.Parameter(torch.randn(8, 16))
-    opt = Muon([w], lr=0.02, ns_dtype=torch.float32)
-    w.grad = torch.randn(8, 16)
-    before = w.detach().clone()
-    opt.step()
-    assert not torch.equal(before, w.detach())
-    assert impl._zeropower_via_newtonschulz is original
+    g = torch.Generator().manual_seed(0)
+    shapes = [(16, 24), (24, 16), (16, 24), (8, 8), (24, 16)]
+    ours = [torch.nn.Parameter(torch.randn(*s, generator=g)) for s in shapes]
+    ref = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    kw = dict(lr=0.02, weight_decay=0.1, momentum=0.9, nesterov=nesterov)
+    opt, ref_opt = Muon(ours, ns_dtype=torch.bfloat16, **kw), torch.optim.Muon(ref, **kw)
+    for _ in range(3):
+        grads = [torch.randn(*s, generator=g) for s in shapes]
+        for p, q, gr in zip(ours, ref, grads):
+            p.grad, q.grad = gr.clone(), gr.clone()
+        opt.step()
+        ref_opt.step()
+        for p, q in zip(ours, ref):
+            torch.testing.assert_close(p.detach(), q.detach(), rtol=0, atol=1e-6)
+    resumed = torch.optim.Muon(ref, **kw)
+    resumed.load_state_dict(opt.state_dict())
+    assert torch.equal(resumed.state_dict()["state"][0]["momentum_buffer"], opt.state[ours[0]]["momentum_buffer"])
+
+
+def test_batched_newton_schulz_equals_one_at_a_time():
+    from banyan.train.optim import batched_newton_schulz, newton_schulz
+
+    g = torch.Generator().manual_seed(1)
+    grads = [torch.randn(*s, generator=g) for s in [(12, 20), (20, 12), (12, 20), (5, 5)]]
+    coef = (3.4445, -4.7750, 2.0315)
+    together = batched_newton_schulz(grads, coef, 5, 1e-7, torch.float32)
+    for gr, t in zip(grads, together):
+        assert t.shape == gr.shape
+        torch.testing.assert_close(t, newton_schulz(gr, coef, 5, 1e-7), rtol=1e-5, atol=1e-6)
