@@ -187,8 +187,9 @@ def state_dict_from_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[st
     return out
 
 
-# GPT-2 modules that carry a bias in HF's layout (and in banyan's unless model.bias is false)
-_GPT2_BIASED = ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj", "ln_f")
+# Weights of the GPT-2 modules that carry a bias in HF's layout (and in banyan's unless model.bias is false)
+_GPT2_BIASED = tuple(m + ".weight" for m in ("ln_1", "attn.c_attn", "attn.c_proj", "ln_2", "mlp.c_fc", "mlp.c_proj",
+                                             "ln_f"))
 
 
 def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
@@ -202,7 +203,7 @@ def state_dict_to_hf(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str,
     for k, t in sd.items():
         out[k] = t.t().contiguous() if k.endswith(_GPT2_CONV1D) else t
         bias = k[:-len("weight")] + "bias"
-        if k.endswith(tuple(m + ".weight" for m in _GPT2_BIASED)) and bias not in sd:
+        if k.endswith(_GPT2_BIASED) and bias not in sd:
             out[bias] = t.new_zeros(t.shape[0])  # [out] of an nn.Linear weight [out, in]; [D] of a LayerNorm
     return out
 
